@@ -6,6 +6,7 @@ import typer
 
 from shiftkit.cli.diagnose import diagnose
 from shiftkit.cli.finetune import finetune
+# other command imports (one line each)
 
 app = typer.Typer(
     name="shiftkit",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command()(finetune)
 app.command()(diagnose)
+# other command registrations (one line each)
 
 
 @app.callback()
