@@ -1,0 +1,1 @@
+"""Fix what can be fixed at the input: resampling, intensity and colour harmonization, BN adaptation, ComBat."""
