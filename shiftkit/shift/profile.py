@@ -41,6 +41,10 @@ class Verdict:
     reason: str
 
 
+LABEL_CAVEAT = ("; caution: the covariate shift is strong and prior estimators assume P(X|Y) is the same in both "
+                "domains, so the estimated priors may be biased (check them on a few labelled target images)")
+
+
 def covariate_verdict(tests: dict[str, TestResult], alpha: float = ALPHA) -> Verdict:
     if not tests:
         return Verdict("not measured", "no covariate test was run")
@@ -99,6 +103,9 @@ class ShiftProfile:
             "label": label_verdict(parts["label"], alpha, why_not.get("label")),
             "concept": concept_verdict(parts["concept"], alpha, why_not.get("concept")),
         }
+        if verdict["covariate"].level == "strong" and verdict["label"].level not in ("not measured", "none"):
+            # Prior estimators assume P(X|Y) is shared by both domains; a strong covariate shift breaks that.
+            verdict["label"] = Verdict(verdict["label"].level, verdict["label"].reason + LABEL_CAVEAT)
         return cls(verdict=verdict, **parts)
 
     def to_dict(self) -> dict:

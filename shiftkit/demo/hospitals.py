@@ -1,0 +1,95 @@
+"""Two synthetic hospitals with a documented, planted shift between them.
+
+Both hospitals image the same three lesion kinds (the class sets the shape: ``oval``, ``round``, ``spiky``; see
+:mod:`shiftkit.data.synthetic`). Hospital A (the source) is balanced and acquired at 64 px. Hospital B (the
+target) differs in what its scanner does and in whom it sees:
+
+- **contrast**: intensities compressed toward mid-grey, ``0.5 + 0.55 (x - 0.5) + 0.08`` (lower contrast, brighter);
+- **blur**: Gaussian point-spread function, sigma 1.2 px at 64 px;
+- **noise**: additive Gaussian, sigma 0.06 (on a 0-1 scale);
+- **resolution**: acquired at 40 px instead of 64 px (area-averaged downsampling);
+- **class priors**: oval 0.60, round 0.30, spiky 0.10 instead of a third each.
+
+P(Y|X) is left unchanged: a lesion's kind is still set by its shape alone, so no concept shift is planted.
+Everything is drawn from a seeded generator: the same seed writes the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from shiftkit.data.synthetic import CLASSES, make_image
+from shiftkit.io import write_text
+
+SOURCE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class PlantedShift:
+    """What makes hospital B differ from hospital A (all of it documented in the module docstring)."""
+
+    contrast: float = 0.55
+    brightness: float = 0.08
+    blur_sigma: float = 1.2
+    noise_sigma: float = 0.06
+    target_size: int = 40
+    source_prior: dict = field(default_factory=lambda: {c: 1 / 3 for c in CLASSES})
+    target_prior: dict = field(default_factory=lambda: {"oval": 0.60, "round": 0.30, "spiky": 0.10})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _counts(prior: dict, total: int) -> dict[str, int]:
+    """Integer counts that follow ``prior`` exactly where it can (largest remainders)."""
+    raw = {c: prior[c] * total for c in CLASSES}
+    counts = {c: int(np.floor(v)) for c, v in raw.items()}
+    for c in sorted(CLASSES, key=lambda c: raw[c] - counts[c], reverse=True)[: total - sum(counts.values())]:
+        counts[c] += 1
+    return counts
+
+
+def acquire_at_hospital_b(image: np.ndarray, shift: PlantedShift, rng: np.random.Generator) -> np.ndarray:
+    """Hospital B's scanner: contrast, blur, noise, then a coarser pixel grid (uint8 in, uint8 out)."""
+    x = image.astype(np.float32) / 255.0
+    x = 0.5 + shift.contrast * (x - 0.5) + shift.brightness
+    x = gaussian_filter(x, shift.blur_sigma)
+    x = x + rng.normal(0.0, shift.noise_sigma, x.shape)
+    resized = Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).resize(
+        (shift.target_size, shift.target_size), Image.Resampling.BOX)
+    return np.asarray(resized)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def write_hospitals(out: str | Path, n_source: int = 180, n_target: int = 150, seed: int = 0,
+                    shift: PlantedShift | None = None) -> dict[str, Path]:
+    """Write hospital A (class folders) and hospital B (images + a labelled manifest kept apart for evaluation).
+
+    Returns the paths: ``source`` (A's class folders), ``target`` (B's unlabeled image folder) and
+    ``target_labels`` (B's ``path,label`` manifest, which diagnose is not given: it must infer B's priors).
+    """
+    shift = shift or PlantedShift()
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    source_dir, target_dir = out / "hospital_a", out / "hospital_b"
+    for kind, count in _counts(shift.source_prior, n_source).items():
+        for i in range(count):
+            _write_png(source_dir / kind / f"a_{kind}_{i:04d}.png", make_image(kind, SOURCE_SIZE, rng))
+    rows = []
+    target_kinds = [k for k, count in _counts(shift.target_prior, n_target).items() for _ in range(count)]
+    for i, kind in enumerate(rng.permutation(target_kinds)):  # names do not give the class away
+        name = f"b_{i:04d}.png"
+        _write_png(target_dir / name, acquire_at_hospital_b(make_image(str(kind), SOURCE_SIZE, rng), shift, rng))
+        rows.append(f"hospital_b/{name},{kind}")
+    labels = out / "hospital_b_labels.csv"
+    write_text(labels, "path,label\n" + "\n".join(rows) + "\n")
+    return {"source": source_dir, "target": target_dir, "target_labels": labels}
