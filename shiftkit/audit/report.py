@@ -1,0 +1,383 @@
+"""The audit report: ``audit.json`` (machines), ``audit.html`` with heatmaps and plots (people), a rich summary
+(terminal). One writer for image audits and one for feature-table audits."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from shiftkit.audit.features_table import FeaturesAudit
+from shiftkit.audit.images import ImageAudit
+from shiftkit.audit.matrix import MEASURE_NAMES, ShiftMatrix
+from shiftkit.io import write_json, write_text
+from shiftkit.report.html import Page
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MAX_SCATTER = 4000
+HEATMAPS = (("mmd", "statistic", "MMD² (PCA embeddings)"), ("domain_classifier", "pad", "PAD = 2(1 − 2ε)"),
+            ("ot", "statistic", "sliced Wasserstein distance"))
+
+
+# ------------------------------------------------------------------------------------------------------- plots
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def heatmap_png(panels: list[tuple[str, np.ndarray, np.ndarray | None]], sites: list[str]) -> bytes:
+    """One heatmap per panel (title, S x S values, S x S adjusted p-values or None), side by side with one colour
+    scale; cells annotated with the value, a star where the adjusted p-value is below 0.05."""
+    finite = [v for _, grid, _ in panels for v in grid[np.isfinite(grid)].ravel()]
+    vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if vmin == vmax:
+        vmax = vmin + 1e-9
+    size = max(3.2, 0.55 * len(sites) + 1.8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.8, size), squeeze=False)
+    image = None
+    for ax, (title, grid, p_adj) in zip(axes[0], panels):
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(len(sites)), sites, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(sites)), sites if ax is axes[0][0] else [], fontsize=8)  # same sites on every panel
+        ax.set_title(title, fontsize=9)
+        if len(sites) <= 15:
+            for i in range(len(sites)):
+                for j in range(len(sites)):
+                    if np.isfinite(grid[i, j]):
+                        star = "*" if p_adj is not None and np.isfinite(p_adj[i, j]) and p_adj[i, j] < 0.05 else ""
+                        bright = (grid[i, j] - vmin) / (vmax - vmin) > 0.6
+                        ax.text(j, i, f"{grid[i, j]:.3g}{star}", ha="center", va="center", fontsize=7,
+                                color="black" if bright else "white")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    return _png(fig)
+
+
+def site_scatter_png(panels: list[tuple[str, np.ndarray]], sites: np.ndarray, seed: int = 0) -> bytes:
+    """2-D PCA of the pooled embeddings coloured by site (a seeded subset of at most MAX_SCATTER points)."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(len(sites))
+    if len(idx) > MAX_SCATTER:
+        idx = np.sort(rng.choice(idx, MAX_SCATTER, replace=False))
+    names = list(dict.fromkeys(sites.tolist()))
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, xy) in zip(axes[0], panels):
+        for k, name in enumerate(names):
+            mine = idx[sites[idx] == name]
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=5, alpha=0.5, color=colours(k % colours.N),
+                       label=f"{name} (n={int(np.sum(sites == name))})")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7, markerscale=2)
+    return _png(fig)
+
+
+def priors_png(labels: dict) -> bytes:
+    """Per site, the actual class prior (solid) and the prior estimated without the site's labels (hatched)."""
+    classes = labels["classes"]
+    sites = list(labels["sites"])
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(sites), 1)
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 2), 4))
+    for k, s in enumerate(sites):
+        row = labels["sites"][s]
+        offset = (k - (len(sites) - 1) / 2) * width
+        if "prior" in row:
+            ax.bar(x + offset, [row["prior"][c] for c in classes], width * 0.9, color=colours(k % 10), label=s)
+        est = row.get("estimated", {})
+        if "prior" in est:
+            ax.scatter(x + offset, [est["prior"][c] for c in classes], marker="_", s=120, color="black", zorder=3)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("class prior")
+    ax.set_title("Actual priors per site (bars); estimated from the other sites' classifier (black ticks)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
+    """epsilon² per feature before and after ComBat, the most site-affected features first."""
+    before = audit.before.features
+    order = np.argsort([-f["epsilon2"] for f in before], kind="stable")[:top]
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(order) + 2), 4))
+    x = np.arange(len(order))
+    ax.bar(x - 0.2, [before[i]["epsilon2"] for i in order], 0.4, label="before", color="#cf222e")
+    if audit.after is not None:
+        ax.bar(x + 0.2, [audit.after.features[i]["epsilon2"] for i in order], 0.4, label="after ComBat",
+               color="#1f77b4")
+    ax.axhline(audit.before.dominance, color="grey", ls="--", lw=1, label=f"dominance ({audit.before.dominance})")
+    ax.set_xticks(x, [before[i]["feature"] for i in order], rotation=90, fontsize=6)
+    ax.set_ylabel("epsilon² (site effect)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# -------------------------------------------------------------------------------------------------- image audit
+
+
+def _matrix_panels(matrix: ShiftMatrix, measure: str, value: str, suffix: str = "") -> tuple:
+    grid = matrix.grid(measure, value)
+    return (f"{MEASURE_NAMES[measure]}{suffix}", grid, matrix.grid(measure, "p_adjusted"))
+
+
+def _pair_rows(matrix: ShiftMatrix) -> list[list]:
+    rows = []
+    for c in matrix.pairs:
+        t = c.tests
+        rows.append([f"{c.a} vs {c.b}", c.n_a, c.n_b,
+                     t["mmd"].statistic, t["mmd"].p_value, c.p_adjusted["mmd"],
+                     c.pad, t["domain_classifier"].details["auc"], c.p_adjusted["domain_classifier"],
+                     t["ot"].statistic, t["ot"].p_value, c.p_adjusted["ot"], "yes" if c.shifted else "no"])
+    return rows
+
+
+PAIR_HEADER = ["pair", "n a", "n b", "MMD²", "p", "p adj", "PAD", "AUC", "p adj", "SW", "p", "p adj", "shifted"]
+
+
+def outlier_sentence(matrix: ShiftMatrix) -> str:
+    top = matrix.ranking[0]
+    basis = (f"leave-one-site-out PAD {top['loo_pad']:.3f}" if top["loo_pad"] is not None
+             else f"mean pairwise PAD {top['mean_pair_pad']:.3f}")
+    return (f"Farthest from the rest: {top['site']} ({basis}; shifted in {top['shifted_pairs']} of "
+            f"{len(matrix.sites) - 1} pairs).")
+
+
+def image_html(audit: ImageAudit, figures: dict[str, bytes]) -> str:
+    m = audit.matrix
+    page = Page(f"Multi-center audit: {audit.data.table.source}")
+    page.heading("Summary")
+    page.paragraph(f"{len(m.sites)} sites, {sum(m.counts.values())} images: "
+                   + ", ".join(f"{s} ({m.counts[s]})" for s in m.sites) + ".")
+    page.paragraph(outlier_sentence(m))
+    shifted = m.shifted_pairs()
+    page.paragraph(f"Pairs with covariate shift: {', '.join(f'{a}–{b}' for a, b in shifted) or 'none'} "
+                   f"({len(shifted)} of {len(m.pairs)}).")
+    page.paragraph(f"Multiple comparisons: {m.correction} over the {len(m.pairs)} pairs for each measure; a pair is "
+                   f"shifted when any measure's adjusted p-value is below {m.alpha} / {len(m.measures)}. MMD and "
+                   f"sliced Wasserstein use the first {m.settings.get('pca')} principal components of all sites' "
+                   "embeddings pooled; the domain classifier uses the full embedding.", "note")
+    page.heading("Sites ranked by distance from the rest")
+    page.table(["rank", "site", "leave-one-out PAD", "shifted vs rest", "mean pairwise PAD", "mean pairwise MMD²",
+                "shifted pairs"],
+               [[r["rank"], r["site"], r["loo_pad"], r["loo_shifted"], r["mean_pair_pad"], r["mean_pair_mmd"],
+                 r["shifted_pairs"]] for r in m.ranking])
+    page.heading("Pairwise covariate shift")
+    page.table(PAIR_HEADER, _pair_rows(m))
+    for key in ("mmd", "pad", "ot"):
+        page.image(figures[f"heatmap_{key}"], f"heatmap {key}")
+    page.image(figures["scatter"], "embeddings by site")
+    if m.leave_one_out:
+        page.heading("Each site against all others pooled")
+        page.table(PAIR_HEADER, _pair_rows(ShiftMatrix(m.sites, m.counts, m.leave_one_out, (), (), m.measures,
+                                                       m.correction, m.alpha)))
+    page.heading("Label shift, P(Y)")
+    labels = audit.labels
+    if labels is None:
+        page.paragraph("Not measured: no --label-column.")
+    elif "not_measured" in labels:
+        page.paragraph(f"Not measured: {labels['not_measured']}.")
+    else:
+        page.table(["site"] + labels["classes"] + ["estimate error (TV)", "estimate vs rest p"],
+                   [[s] + [f"{row.get('prior', {}).get(c, float('nan')):.3f} / "
+                           f"{row.get('estimated', {}).get('prior', {}).get(c, float('nan')):.3f}"
+                           for c in labels["classes"]]
+                    + [row.get("estimate_error_tv"), row.get("estimated", {}).get("p_value")]
+                    for s, row in labels["sites"].items()])
+        page.paragraph("Cells: actual prior / prior estimated without the site's labels (EM + BCTS with a classifier "
+                       "fitted on the other sites' embeddings).", "note")
+        page.table(["pair", "TV actual", "chi² p", "p adj", "TV estimated", "label shift"],
+                   [[f"{p['a']} vs {p['b']}", p.get("tv_actual"), p.get("p_value"), p.get("p_adjusted"),
+                     p.get("tv_estimated"), "yes" if p.get("shifted") else "no"] for p in labels["pairs"]])
+        if "heatmap_labels" in figures:
+            page.image(figures["heatmap_labels"], "label shift heatmaps")
+        page.image(figures["priors"], "priors per site")
+    page.heading("Acquisition metadata")
+    columns = audit.metadata["columns"]
+    if columns:
+        rows = []
+        for c in columns:
+            if c["kind"] == "identifier":
+                rows.append([c["column"], "identifier (skipped)", None, None, None])
+                continue
+            summary = "; ".join(
+                f"{s}: {v['median']:.3g}" if c["kind"] == "numeric" and "median" in v else
+                f"{s}: " + ", ".join(f"{k} {share:.0%}" for k, share in list(v.get("share", {}).items())[:3])
+                for s, v in c["sites"].items())
+            rows.append([c["column"], c["kind"], c["test"], c["p_value"], summary])
+        page.table(["column", "kind", "test across sites", "p-value", "per site (median or top values)"], rows)
+    headers = audit.metadata["headers"]
+    page.table(["pair", "header fields that differ"],
+               [[f"{p['a']} vs {p['b']}", ", ".join(p["differing_fields"]) or "none"] for p in headers["pairs"]])
+    fields = sorted({f for v in headers["sites"].values() for f in v if f != "images_read"})
+    page.table(["site"] + fields, [[s] + [_short(v.get(f)) for f in fields] for s, v in headers["sites"].items()])
+    if audit.harmonized is not None:
+        h = audit.harmonized
+        page.heading(f"After harmonization ({h.method}, toward {h.reference})")
+        before, after = m.shifted_pairs(), h.matrix.shifted_pairs()
+        page.paragraph(f"Shifted pairs: {len(before)} before, {len(after)} after. " + outlier_sentence(h.matrix))
+        page.table(PAIR_HEADER, _pair_rows(h.matrix))
+        page.image(figures["scatter_harmonized"], "embeddings after harmonization")
+    page.heading("Settings")
+    settings = {**m.settings, **audit.settings}
+    page.table(["setting", "value"], [[k, str(v)] for k, v in settings.items()])
+    return page.render()
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "—"
+    if "median" in value:
+        return f"{value['median']:.4g}" if value["min"] == value["max"] else f"{value['min']:.4g}–{value['max']:.4g}"
+    return ", ".join(f"{k} ({n})" for k, n in value.get("values", {}).items())
+
+
+def image_figures(audit: ImageAudit) -> dict[str, bytes]:
+    m, h = audit.matrix, audit.harmonized
+    sites = list(m.sites)
+    figures = {}
+    for measure, value, title in HEATMAPS:
+        key = "pad" if value == "pad" else measure
+        panels = [(f"{title}" + (" — before" if h else ""), m.grid(measure, value), m.grid(measure, "p_adjusted"))]
+        if h is not None:
+            panels.append((f"{title} — after {h.method}", h.matrix.grid(measure, value),
+                           h.matrix.grid(measure, "p_adjusted")))
+        figures[f"heatmap_{key}"] = heatmap_png(panels, sites)
+    scatter = [("pooled PCA of the embeddings" + (" (before)" if h else ""), audit.coordinates)]
+    figures["scatter"] = site_scatter_png(scatter, audit.data.sites, m.settings.get("seed", 0))
+    if h is not None:
+        figures["scatter_harmonized"] = site_scatter_png([(f"after {h.method}", h.coordinates)], audit.data.sites)
+    labels = audit.labels
+    if labels and "sites" in labels:
+        index = {s: i for i, s in enumerate(sites)}
+        panels = []
+        for key, title in (("tv_actual", "TV between actual priors"), ("tv_estimated", "TV between estimated priors")):
+            grid = np.full((len(sites), len(sites)), np.nan)
+            p_grid = np.full_like(grid, np.nan) if key == "tv_actual" else None
+            for pair in labels["pairs"]:
+                if key in pair:
+                    i, j = index[pair["a"]], index[pair["b"]]
+                    grid[i, j] = grid[j, i] = pair[key]
+                    if p_grid is not None:
+                        p_grid[i, j] = p_grid[j, i] = pair["p_adjusted"]
+            if np.isfinite(grid).any():
+                panels.append((title, grid, p_grid))
+        if panels:
+            figures["heatmap_labels"] = heatmap_png(panels, sites)
+        figures["priors"] = priors_png(labels)
+    return figures
+
+
+def write_image_report(audit: ImageAudit, out: Path) -> None:
+    write_json(out / "audit.json", audit.to_dict())
+    figures = image_figures(audit)
+    write_text(out / "audit.html", image_html(audit, figures))
+
+
+def print_image_summary(audit: ImageAudit, console: Console) -> None:
+    m = audit.matrix
+    for title, matrix in (("Pairwise covariate shift", m),) + (
+            ((f"After harmonization ({audit.harmonized.method})", audit.harmonized.matrix),) if audit.harmonized
+            else ()):
+        table = Table(title=f"{title} ({matrix.correction}-adjusted p over {len(matrix.pairs)} pairs)",
+                      box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+        table.add_column("pair", overflow="fold")
+        for column in ("MMD²", "p adj", "PAD", "p adj", "SW", "p adj"):
+            table.add_column(column, justify="right", no_wrap=True, min_width=6)
+        table.add_column("shifted")
+        for c in matrix.pairs:
+            t = c.tests
+            table.add_row(f"{c.a}\n{c.b}", f"{t['mmd'].statistic:.4f}", f"{c.p_adjusted['mmd']:.1g}",
+                          f"{c.pad:.3f}", f"{c.p_adjusted['domain_classifier']:.1g}", f"{t['ot'].statistic:.3f}",
+                          f"{c.p_adjusted['ot']:.1g}", "[bold red]yes[/]" if c.shifted else "[green]no[/]")
+        console.print(table)
+    ranking = Table(title="Sites by distance from the rest")
+    for column in ("rank", "site", "n", "leave-one-out PAD", "mean pairwise PAD", "shifted pairs"):
+        ranking.add_column(column)
+    for r in m.ranking:
+        ranking.add_row(str(r["rank"]), r["site"], str(m.counts[r["site"]]),
+                        "—" if r["loo_pad"] is None else f"{r['loo_pad']:.3f}", f"{r['mean_pair_pad']:.3f}",
+                        str(r["shifted_pairs"]))
+    console.print(ranking)
+    console.print(outlier_sentence(m))
+    labels = audit.labels
+    if labels and "pairs" in labels:
+        worst = max(labels["pairs"], key=lambda p: p.get("tv_actual", p.get("tv_estimated", 0)) or 0)
+        tv = worst.get("tv_actual", worst.get("tv_estimated"))
+        console.print(f"Largest label shift: {worst['a']} vs {worst['b']}, total variation {tv:.3f}.")
+    seconds = audit.settings["seconds"]
+    console.print(f"embedding {seconds['embed']:.1f} s, matrix {seconds['matrix']:.1f} s, total {seconds['total']:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------ feature audit
+
+
+def features_html(audit: FeaturesAudit, figure: bytes) -> str:
+    page = Page(f"Site effects in {audit.table.path}")
+    before, after = audit.before, audit.after
+    page.heading("Summary")
+    names, counts = np.unique(audit.table.sites, return_counts=True)
+    page.paragraph(f"{len(audit.table.sites)} rows from {len(names)} sites ("
+                   + ", ".join(f"{s}: {c}" for s, c in zip(names, counts)) + f"), {len(audit.table.names)} features; "
+                   f"{len(audit.table.ignored)} diagnostics/text columns ignored.")
+    rows = [["site-affected features (BH q < alpha)", len(before.affected), len(after.affected) if after else None],
+            [f"site-dominated (also epsilon² ≥ {before.dominance})", len(before.dominated),
+             len(after.dominated) if after else None],
+            ["site classifier balanced accuracy", before.classifier.get("balanced_accuracy"),
+             after.classifier.get("balanced_accuracy") if after else None],
+            ["chance", before.classifier.get("chance"), after.classifier.get("chance") if after else None]]
+    page.table(["", "before", "after ComBat"], rows)
+    if after is None:
+        page.paragraph(f"ComBat: {audit.combat.get('not_run', 'not requested')}.", "note")
+    else:
+        page.paragraph(f"ComBat preserved the covariates: {', '.join(audit.combat['preserved_covariates']) or 'none'}.",
+                       "note")
+    page.image(figure, "effect sizes")
+    page.heading("Per feature")
+    header = ["feature", "H", "p", "BH q", "epsilon²", "dominated"] + (["q after", "epsilon² after"] if after else [])
+    order = np.argsort([f["p_value"] for f in before.features], kind="stable")
+    table_rows = []
+    for i in order:
+        f = before.features[i]
+        row = [f["feature"], f["H"], f["p_value"], f["p_adjusted"], f["epsilon2"], "yes" if f["dominated"] else ""]
+        if after:
+            row += [after.features[i]["p_adjusted"], after.features[i]["epsilon2"]]
+        table_rows.append(row)
+    page.table(header, table_rows)
+    page.heading("Settings")
+    page.table(["setting", "value"], [[k, str(v)] for k, v in audit.settings.items()])
+    return page.render()
+
+
+def write_features_report(audit: FeaturesAudit, out: Path) -> None:
+    write_json(out / "audit.json", audit.to_dict())
+    write_text(out / "audit.html", features_html(audit, effect_sizes_png(audit)))
+
+
+def print_features_summary(audit: FeaturesAudit, console: Console) -> None:
+    before, after = audit.before, audit.after
+    table = Table(title=f"Site effects in {len(audit.table.names)} features ({len(np.unique(audit.table.sites))} sites)")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after ComBat", justify="right")
+    fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    table.add_row("site-affected (BH)", str(len(before.affected)), fmt(len(after.affected)) if after else "—")
+    table.add_row("site-dominated", str(len(before.dominated)), fmt(len(after.dominated)) if after else "—")
+    table.add_row("site classifier balanced acc.", fmt(before.classifier.get("balanced_accuracy")),
+                  fmt(after.classifier.get("balanced_accuracy")) if after else "—")
+    table.add_row("chance", fmt(before.classifier.get("chance")), fmt(before.classifier.get("chance")))
+    console.print(table)
+    if after is None:
+        console.print(f"ComBat: {audit.combat.get('not_run', 'not requested')}")

@@ -1,0 +1,95 @@
+"""``shiftkit audit``: a multi-center audit of images (MANIFEST.csv) or of a radiomics table (--features-table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
+from shiftkit.cli.progress import make_progress
+from shiftkit.data.readers import ReadOptions
+
+
+@user_errors
+def audit(
+    table: Path = typer.Argument(..., help="Image manifest CSV (path + site column), or a features CSV with --features-table."),
+    out: Path = typer.Option(..., "--out", help="Output folder: audit.json, audit.html."),
+    site_column: str = typer.Option("site", help="Column naming the site (hospital, scanner) of each row."),
+    label_column: Optional[str] = typer.Option(None, help="Column with the class label: label shift per site (images); a covariate ComBat preserves (features)."),
+    features_table: bool = typer.Option(False, "--features-table", help="TABLE holds per-patient features (pyradiomics CSV), not images."),
+    covariates: Optional[str] = typer.Option(None, help="Features table: comma-separated columns whose effects ComBat preserves (e.g. age,sex)."),
+    id_column: Optional[str] = typer.Option(None, help="Features table: an id column to ignore (numeric ids would otherwise count as features)."),
+    combat: bool = typer.Option(True, "--combat/--no-combat", help="Features table: rerun the analysis after ComBat."),
+    dominance: float = typer.Option(0.26, help="Features table: epsilon² at which a site-affected feature is site-dominated."),
+    arch: str = typer.Option("efficientnet_lite0", help="Backbone that embeds the images (ImageNet weights)."),
+    weights: str = typer.Option("imagenet", help="imagenet, a state-dict path, or none."),
+    image_size: Optional[int] = typer.Option(None, help="Crop size for embedding (default 224; 128 for HAM10000's native size)."),
+    batch_size: int = typer.Option(128, help="Batch size for embedding."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Disk cache of embeddings (keyed by image content, model, preprocessing)."),
+    max_images_per_site: Optional[int] = typer.Option(None, help="Use at most N images per site (stratified by label, seeded)."),
+    min_images_per_site: int = typer.Option(10, help="Refuse sites with fewer images than this."),
+    pca: int = typer.Option(32, help="Principal components (one PCA on all sites pooled) for MMD and sliced Wasserstein."),
+    classifier_pca: int = typer.Option(0, help="Domain classifier on the first N principal components (faster for many sites); 0 = full embedding."),
+    permutations: int = typer.Option(1000, help="Permutations for MMD p-values."),
+    ot_permutations: int = typer.Option(200, help="Permutations for sliced-Wasserstein p-values."),
+    bootstrap: int = typer.Option(100, help="Bootstrap resamples for the estimated priors."),
+    correction: str = typer.Option("bh", help="Multiple-comparison correction over pairs (features): bh, holm or bonferroni."),
+    alpha: float = typer.Option(0.05, help="Significance level after correction."),
+    leave_one_out: bool = typer.Option(True, "--leave-one-out/--no-leave-one-out", help="Also test each site against all others pooled."),
+    harmonize: Optional[str] = typer.Option(None, help="Harmonize every site (resample, histmatch, nyul, zscore, colour) and recompute the matrix."),
+    reference_site: Optional[str] = typer.Option(None, help="With --harmonize: harmonize toward this site instead of all sites pooled."),
+    seed: int = typer.Option(0, help="Seed for subsampling, permutations, cross-validation and bootstrap."),
+    window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: middle)."),
+) -> None:
+    """Audit sites: pairwise covariate and label shift, metadata, outlier sites (images), or per-feature site
+    effects before and after ComBat (--features-table)."""
+    out = output_folder(out)
+    if features_table:
+        from shiftkit.audit.features_table import FeaturesAuditRequest, run_features_audit
+        from shiftkit.audit.report import print_features_summary, write_features_report
+
+        request = FeaturesAuditRequest(
+            table=table, site_column=site_column, label_column=label_column,
+            covariates=tuple(c.strip() for c in (covariates or "").split(",") if c.strip()), id_column=id_column,
+            alpha=alpha, dominance=dominance, correction=correction, combat=combat, seed=seed)
+        result = run_features_audit(request)
+        write_features_report(result, out)
+        print_features_summary(result, console)
+        console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
+        return
+
+    from shiftkit.audit.images import AuditRequest, run_audit
+    from shiftkit.audit.report import print_image_summary, write_image_report
+
+    if covariates:
+        err_console.print("note: --covariates applies to --features-table audits only", highlight=False)
+    request = AuditRequest(
+        manifest=table, site_column=site_column, label_column=label_column, arch=arch, weights=weights,
+        image_size=image_size, batch_size=batch_size, device=device, cache_dir=cache_dir,
+        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
+        max_images_per_site=max_images_per_site, min_images_per_site=min_images_per_site, pca=pca,
+        classifier_pca=classifier_pca,
+        permutations=permutations, ot_permutations=ot_permutations, bootstrap=bootstrap, correction=correction,
+        alpha=alpha, leave_one_out=leave_one_out, harmonize=harmonize, reference_site=reference_site,
+        harmonized_dir=out / "harmonized" if harmonize else None, seed=seed,
+    )
+    with make_progress(err_console) as progress:
+        state: dict = {}
+
+        def on_stage(description: str, total: int):
+            task = progress.add_task(description, total=total, status="")
+            return lambda: progress.advance(task)
+
+        def on_step(description: str):
+            if "task" in state:
+                progress.remove_task(state["task"])
+            state["task"] = progress.add_task(description, total=None, status="")
+
+        result = run_audit(request, on_stage=on_stage, on_step=on_step)
+    write_image_report(result, out)
+    print_image_summary(result, console)
+    console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
