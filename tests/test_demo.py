@@ -68,4 +68,7 @@ def test_demo_finds_the_planted_shift(tmp_path):
     assert sorted(ranking) == sorted(["ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn"])
     assert summary["finetune"]["strategy"] == ranking[0]
     assert summary["finetune"]["test_hospital_b"]["auroc"] is not None
+    # AdaBN starts from the fine-tuned model (same metrics before) and changes its BN statistics
+    assert summary["adabn"]["test_hospital_b_before"] == pytest.approx(summary["finetune"]["test_hospital_b"])
+    assert summary["adabn"]["test_hospital_b_after"] != summary["adabn"]["test_hospital_b_before"]
     assert "planted" in result.output and (out / "diagnose" / "report.html").is_file()

@@ -1,4 +1,4 @@
-"""The demo's work: generate the hospitals, diagnose B against A, recommend, fine-tune, set found against planted.
+"""The demo's work: generate the hospitals, diagnose B against A, recommend, fine-tune, adapt BN, report.
 
 Each step uses the same library calls as the commands (``diagnose``, ``recommend``, ``finetune``), so the demo
 shows what a user's own run would produce, on data whose shift is known.
@@ -13,6 +13,7 @@ from typing import Callable
 
 from shiftkit.demo.hospitals import PlantedShift, write_hospitals
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
+from shiftkit.harmonize.bn import AdaptBNRequest, run_adapt_bn
 from shiftkit.finetune.strategies import StrategyConfig
 from shiftkit.finetune.trainer import TrainConfig, TrainerCallback
 from shiftkit.io import write_json
@@ -87,21 +88,21 @@ def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
     hooks = hooks or DemoHooks()
     started = time.perf_counter()
     out = Path(request.out)
-    _phase(hooks, "1/4 generating two synthetic hospitals")
+    _phase(hooks, "1/5 generating two synthetic hospitals")
     paths = write_hospitals(out / "data", seed=request.seed, shift=request.shift)
 
-    _phase(hooks, "2/4 diagnosing hospital B against hospital A")
+    _phase(hooks, "2/5 diagnosing hospital B against hospital A")
     diagnose_request = DiagnoseRequest(source=paths["source"], target=paths["target"], arch=ARCH, weights="imagenet",
                                        image_size=request.image_size, permutations=request.permutations,
                                        seed=request.seed, device=request.device)
     profile, embedded = run_diagnose(diagnose_request, on_stage=hooks.on_stage, on_step=hooks.on_step)
 
-    _phase(hooks, "3/4 recommending a fine-tuning strategy")
+    _phase(hooks, "3/5 recommending a fine-tuning strategy")
     report = write_report(profile, embedded, out / "diagnose")  # the report carries the recommendation
     recommendation = report["recommendation"]
     chosen = recommendation["ranking"][0]["strategy"]
 
-    _phase(hooks, f"4/4 fine-tuning with '{chosen}' on hospital A, testing on hospital B")
+    _phase(hooks, f"4/5 fine-tuning with '{chosen}' on hospital A, testing on hospital B")
     finetune = run_finetune(FinetuneRequest(
         data=paths["source"], test=paths["target_labels"], out=out / "finetune", arch=ARCH, weights="imagenet",
         image_size=request.image_size,
@@ -110,14 +111,22 @@ def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
         strategy=StrategyConfig(lp_epochs=max(1, request.epochs // 2)),
     ), callback=hooks.trainer, on_stage=hooks.trainer)  # EpochProgress also shows decoding
 
+    _phase(hooks, "5/5 adapting the model's BatchNorm statistics to hospital B (AdaBN, no labels used)")
+    adabn = run_adapt_bn(AdaptBNRequest(checkpoint=out / "finetune", target=paths["target_labels"],
+                                        out=out / "adabn", method="adabn", device=request.device,
+                                        seed=request.seed), on_stage=hooks.trainer)
+
     summary = {
         "planted": request.shift.to_dict(),
         "found_vs_planted": _found_vs_planted(request.shift, report),
         "recommendation": recommendation,
         "finetune": {"strategy": chosen, "val_hospital_a": finetune["val"], "test_hospital_b": finetune["test"],
                      "epochs_run": finetune["epochs_run"]},
+        "adabn": {"test_hospital_b_before": adabn.before.get("metrics"),
+                  "test_hospital_b_after": adabn.after.get("metrics")},
         "outputs": {"data": str(out / "data"), "diagnose": str(out / "diagnose" / "report.html"),
-                    "finetune": str(out / "finetune" / "metrics.json")},
+                    "finetune": str(out / "finetune" / "metrics.json"),
+                    "adabn": str(out / "adabn" / "adaptation.json")},
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "demo.json", summary)
