@@ -16,13 +16,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from shiftkit.data.cache import ImageCache, file_digest
+from shiftkit.data.cache import ImageCache, content_key, file_digest
 from shiftkit.data.dataset import ImageDataset, collate
+from shiftkit.data.validate import SkippedImage, iter_batches
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import ImageTable
-from shiftkit.errors import ModelError
+from shiftkit.errors import ImageReadError, ModelError
 from shiftkit.io import atomic_write
 from shiftkit.models.registry import AdaptedModel, build_model
 
@@ -34,6 +34,7 @@ class Representation:
 
     embeddings: np.ndarray
     probabilities: np.ndarray | None = None
+    skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (--on-bad-image skip); rows exclude them
 
 
 @torch.no_grad()
@@ -73,7 +74,7 @@ def _model_key(adapted: AdaptedModel) -> str:
 def _cache_key(table: ImageTable, adapted: AdaptedModel, read_options: ReadOptions, head: bool) -> str:
     digest = hashlib.sha1()
     for record in table.records:
-        digest.update(file_digest(record.path).encode())
+        digest.update(content_key(record.path).encode())
     precision = "bf16" if torch.cuda.is_available() else "fp32"  # GPU embeddings (autocast) are not CPU ones
     digest.update(f"{_model_key(adapted)}|{read_options.key()}|head={head}|{precision}".encode())
     return digest.hexdigest()
@@ -89,27 +90,46 @@ def extract(
     read_options: ReadOptions = ReadOptions(),
     cache_dir: Path | None = None,
     on_batch: Callable[[], None] | None = None,
+    on_bad_image: str = "fail",
 ) -> Representation:
-    """Embeddings of every image in ``table`` (and softmax outputs when ``trained_head``), cached on disk."""
+    """Embeddings of every image in ``table`` (and softmax outputs when ``trained_head``), cached on disk.
+
+    Images are decoded once, one batch at a time (none is kept after its batch, so 100,000 images fit);
+    under ``on_bad_image="skip"`` unreadable ones are left out and listed in ``Representation.skipped``."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{_cache_key(table, adapted, read_options, trained_head)}.npz"
         if cache_file.is_file():
             with np.load(cache_file) as stored:
                 probabilities = stored["probabilities"] if "probabilities" in stored.files else None
-                return Representation(stored["embeddings"], probabilities)
+                skipped = tuple(SkippedImage(str(table.records[i].path), str(reason), int(i), table.records[i].origin)
+                                for i, reason in zip(stored.get("skipped_index", []), stored.get("skipped_reason", [])))
+                if skipped and on_bad_image != "skip":
+                    first = skipped[0]
+                    raise ImageReadError(f"{first.path}: {first.reason}")
+                return Representation(stored["embeddings"], probabilities, skipped)
     adapted.model.to(device)
     if device.type == "cuda":
         adapted.model.to(memory_format=torch.channels_last)
     dataset = ImageDataset(table, ImageCache(adapted.preprocessing, read_options, max_memory_bytes=0))
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, pin_memory=device.type == "cuda")
-    embeddings, logits, _ = head_inputs_and_outputs(adapted, loader, device, on_batch)
+    skipped: list[SkippedImage] = []
+
+    def loader():
+        yield from iter_batches(dataset, batch_size, on_bad_image, skipped, collate, pin_memory=device.type == "cuda")
+        if len(skipped) == len(table):
+            raise ImageReadError(f"{table.source}: none of its {len(table)} images could be read "
+                                 f"(first: {skipped[0].path}: {skipped[0].reason})")
+
+    embeddings, logits, _ = head_inputs_and_outputs(adapted, loader(), device, on_batch)
     result = Representation(
         embeddings.cpu().numpy().astype(np.float32),
         logits.softmax(1).cpu().numpy().astype(np.float32) if trained_head else None,
+        tuple(skipped),
     )
     if cache_file is not None:
-        arrays = {"embeddings": result.embeddings}
+        arrays = {"embeddings": result.embeddings,
+                  "skipped_index": np.array([s.index for s in skipped], dtype=np.int64),
+                  "skipped_reason": np.array([s.reason for s in skipped], dtype=np.str_)}
         if result.probabilities is not None:
             arrays["probabilities"] = result.probabilities
         def save(tmp: Path) -> None:
@@ -120,26 +140,61 @@ def extract(
     return result
 
 
+def _finetuned_files(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint, metrics.json or None) for a finetune output folder or a ``.pt`` checkpoint file."""
+    path = Path(path)
+    if path.is_file():
+        beside = path.parent.parent / "metrics.json"  # RUN/checkpoints/best.pt
+        return path, beside if beside.is_file() else None
+    metrics_path, checkpoint = path / "metrics.json", path / "checkpoints" / "best.pt"
+    if not metrics_path.is_file() or not checkpoint.is_file():
+        raise ModelError(f"{path}: not a finetune output folder (needs metrics.json and checkpoints/best.pt)")
+    return checkpoint, metrics_path
+
+
+def finetuned_info(path: Path) -> dict:
+    """How to rebuild a fine-tuned model: ``arch``, ``classes``, ``image_size``, ``task`` (may be None),
+    ``epoch``, ``metrics`` (the run's metrics.json, or None) and ``state`` (the weights). A checkpoint file
+    written by ``adapt-bn`` carries these itself; one inside a run folder takes them from RUN/metrics.json."""
+    checkpoint, metrics_path = _finetuned_files(path)
+    try:
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = stored["model_state"]
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{checkpoint}: cannot load the fine-tuned weights ({reason[:200]})") from None
+    metrics = None
+    try:
+        if metrics_path is not None:
+            metrics = json.loads(metrics_path.read_text())
+        source = stored if "arch" in stored else metrics
+        if source is None:
+            raise KeyError("arch")
+        info = {
+            "arch": source["arch"],
+            "classes": list(source["classes"]),
+            "image_size": source["image_size"] if source is stored else source["config"]["image_size"],
+            "task": source.get("task"),
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        where = metrics_path if metrics_path is not None and "arch" not in stored else checkpoint
+        raise ModelError(f"{where}: not a finetune checkpoint or metrics file ({type(exc).__name__}: {exc})") from None
+    return {**info, "epoch": stored.get("epoch"), "metrics": metrics, "state": state, "checkpoint": checkpoint}
+
+
 def load_finetuned(run_dir: Path) -> tuple[AdaptedModel, list[str]]:
     """A model fine-tuned by ``shiftkit finetune``: ``RUN/metrics.json`` says how to build it, and
-    ``RUN/checkpoints/best.pt`` holds its weights (loaded with ``weights_only=True``)."""
-    metrics_path, checkpoint = run_dir / "metrics.json", run_dir / "checkpoints" / "best.pt"
-    if not metrics_path.is_file() or not checkpoint.is_file():
-        raise ModelError(f"{run_dir}: not a finetune output folder (needs metrics.json and checkpoints/best.pt)")
+    ``RUN/checkpoints/best.pt`` holds its weights (loaded with ``weights_only=True``). ``run_dir`` may also be
+    a ``.pt`` checkpoint: one written by ``shiftkit adapt-bn`` (which records arch, classes and image size), or
+    ``RUN/checkpoints/best.pt`` itself."""
+    info = finetuned_info(run_dir)
+    adapted = build_model(info["arch"], len(info["classes"]), "none", info["image_size"])
     try:
-        metrics = json.loads(metrics_path.read_text())
-        classes = list(metrics["classes"])
-        arch, image_size = metrics["arch"], metrics["config"]["image_size"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{metrics_path}: not a finetune metrics file ({type(exc).__name__}: {exc})") from None
-    adapted = build_model(arch, len(classes), "none", image_size)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        adapted.model.load_state_dict(state["model_state"])
+        adapted.model.load_state_dict(info["state"])
     except Exception as exc:
-        raise ModelError(f"{checkpoint}: cannot load the fine-tuned weights ({type(exc).__name__})") from None
-    adapted.weights = str(checkpoint)
-    return adapted, classes
+        raise ModelError(f"{info['checkpoint']}: cannot load the fine-tuned weights ({type(exc).__name__})") from None
+    adapted.weights = str(info["checkpoint"])
+    return adapted, info["classes"]
 
 
 def fit_pca(source: np.ndarray, components: int, seed: int = 0):

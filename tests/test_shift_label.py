@@ -310,3 +310,16 @@ def test_pneumoniamnist_official_test_split_violates_the_assumption(pneumonia):
         q = em_bcts(clf.held_out_logits, clf.held_out_labels, clf.logits(x_test[idx]))
         estimates.append(q[0])
     assert estimates[1] - estimates[0] > 0.2, estimates
+
+
+def test_source_classifier_logits_stay_finite_on_well_separated_high_dimensional_embeddings():
+    # regression: predict_log_proba gave -inf where probabilities underflowed (1280-d embeddings, 800 images)
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 1, (400, 1280)), rng.normal(3.0, 1, (400, 1280))])
+    y = np.repeat([0, 1], 400)
+    classifier = SourceClassifier.fit(x, y, ["a", "b"], seed=0)
+    target = classifier.logits(x[::7] + 0.1)
+    for logits in (classifier.held_out_logits, target):
+        assert np.isfinite(logits).all()
+        assert np.allclose(np.exp(logits).sum(axis=1), 1.0)
+    assert estimate_label_shift(classifier, target, bootstrap=20, seed=0).target_prior is not None

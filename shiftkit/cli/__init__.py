@@ -7,6 +7,13 @@ import typer
 from shiftkit.cli.diagnose import diagnose
 from shiftkit.cli.finetune import finetune
 # other command imports (one line each)
+from shiftkit.cli.audit import audit
+from shiftkit.cli.harmonize import harmonize
+from shiftkit.cli.demo import demo
+from shiftkit.cli.recommend import recommend
+from shiftkit.cli.adapt_bn import adapt_bn
+from shiftkit.cli.combat import combat
+from shiftkit.cli.compare import compare
 
 app = typer.Typer(
     name="shiftkit",
@@ -18,6 +25,13 @@ app = typer.Typer(
 app.command()(finetune)
 app.command()(diagnose)
 # other command registrations (one line each)
+app.command()(audit)
+app.command()(harmonize)
+app.command()(demo)
+app.command()(recommend)
+app.command("adapt-bn")(adapt_bn)
+app.command()(combat)
+app.command()(compare)
 
 
 @app.callback()

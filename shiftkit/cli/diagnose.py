@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
+from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
 from shiftkit.cli.progress import make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.shift.diagnose import COVARIATE_TESTS, DiagnoseRequest, run_diagnose
@@ -35,6 +35,9 @@ def diagnose(
     cache_dir: Optional[Path] = typer.Option(None, help="Disk cache of embeddings (keyed by image content, model, preprocessing)."),
     window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: middle)."),
+    on_bad_image: str = typer.Option("fail", help="fail: an unreadable image stops the run; skip: leave it out and list it in report.json (skipped_images)."),
+    domain: Optional[str] = typer.Option(None, help="Imaging domain (X-ray, MRI, Histology, Dermoscopy, Endoscopy, ...): weighs the published evidence behind the strategy recommendation."),
+    anonymize_paths: bool = typer.Option(False, "--anonymize-paths", help="Name inputs in the report by a stable hash of their path (sha256, 12 hex digits) instead of the path."),
 ) -> None:
     """How far has TARGET drifted from SOURCE? Covariate, label and concept shift with p-values and intervals."""
     request = DiagnoseRequest(
@@ -43,6 +46,7 @@ def diagnose(
         bootstrap=bootstrap, label_method=label_method, max_images=max_images, pca=pca, seed=seed, device=device,
         image_size=image_size, batch_size=batch_size, cache_dir=cache_dir,
         read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
+        on_bad_image=on_bad_image, anonymize_paths=anonymize_paths,
     )
     out = output_folder(out)
     from shiftkit.report.diagnose import print_summary, write_report
@@ -60,6 +64,10 @@ def diagnose(
             state["task"] = progress.add_task(description, total=None, status="")
 
         profile, data = run_diagnose(request, on_stage=on_stage, on_step=on_step)
-    write_report(profile, data, out)
+    report = write_report(profile, data, out, domain=domain)
+    warn_skipped(report["skipped_images"], "report.json")
     print_summary(profile, console)
+    from shiftkit.cli.recommend import print_recommendation
+
+    print_recommendation(report["recommendation"], console, top=3)
     console.print(f"wrote {out / 'report.json'} and {out / 'report.html'}")

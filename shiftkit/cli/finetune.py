@@ -8,11 +8,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
+from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
 from shiftkit.cli.progress import EpochProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.synthetic import write_dataset
 from shiftkit.errors import ConfigError
+from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
 from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig, check_strategy_name
@@ -65,17 +66,28 @@ def finetune(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: the middle one)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Disk cache for decoded, resized images (reused across runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/checkpoints/last.pt."),
+    on_bad_image: str = typer.Option("fail", help="fail: an unreadable image stops the run (before training); skip: leave it out and list it in metrics.json (skipped_images)."),
+    anonymize_paths: bool = typer.Option(False, "--anonymize-paths", help="Name inputs in metrics.json and checkpoints by a stable hash of their path (sha256, 12 hex digits) instead of the path."),
+    workers: Optional[int] = typer.Option(None, help="Data-loader worker processes (default: 0 on CPU, up to 8 per GPU on CUDA)."),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA where supported, else fp16; fp32 on CPU), bf16, fp16 or fp32."),
     demo: bool = typer.Option(False, "--demo", help="Train on a generated 3-class phantom set (written to OUT/data)."),
 ) -> None:
-    """Fine-tune a pre-trained CNN with one of the eight strategies of Davila et al. (2024)."""
+    """Fine-tune a pre-trained CNN with one of the eight strategies of Davila et al. (2024).
+
+    Multi-GPU: torchrun --nproc_per_node N -m shiftkit finetune ... (the global --batch-size is split over ranks).
+    """
     out = output_folder(out)
+    ctx = distributed.context()  # torchrun's environment, if any; one process otherwise
     check_strategy_name(strategy)  # before --demo writes any data
     defaults = DEMO_DEFAULTS if demo else DEFAULTS
     if demo:
         if data is not None:
             raise ConfigError("--demo generates its own data; leave out DATA")
-        data = write_dataset(out / "data")
-        err_console.print(f"demo: generated a 3-class phantom set in {data}")
+        if ctx.is_main:
+            data = write_dataset(out / "data")
+            err_console.print(f"demo: generated a 3-class phantom set in {data}")
+        distributed.barrier(ctx)
+        data = out / "data"
     elif data is None:
         raise ConfigError("give DATA (class folders or a CSV manifest), or --demo")
     request = FinetuneRequest(
@@ -88,17 +100,26 @@ def finetune(
         image_size=_given(image_size, defaults["image_size"]),
         cache_dir=cache_dir,
         resume=resume,
+        on_bad_image=on_bad_image,
+        anonymize_paths=anonymize_paths,
         read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
         train=TrainConfig(
             strategy=strategy, lr=_given(lr, defaults["lr"]), epochs=_given(epochs, defaults["epochs"]),
             batch_size=batch_size,
-            patience=patience, seed=seed, device=device, monitor=monitor,
+            patience=patience, seed=seed, device=device, monitor=monitor, num_workers=workers,
+            precision=precision,
         ),
         strategy=StrategyConfig(epochs_per_block=epochs_per_block, lp_epochs=lp_epochs, alpha=alpha, beta=beta,
                                 rgn_batches=rgn_batches),
     )
+    if not ctx.is_main:  # other ranks train silently; rank 0 shows progress and writes the files
+        run_finetune(request)
+        distributed.shutdown(ctx)
+        return
     with make_progress(err_console) as progress:
         reporter = EpochProgress(progress, request.train.epochs)
         result = run_finetune(request, callback=reporter, on_stage=reporter)
+    distributed.shutdown(ctx)
+    warn_skipped(result["skipped_images"], "metrics.json")
     console.print(_results_table(result))
     console.print(f"wrote {out / 'metrics.json'}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -35,13 +34,12 @@ class ImageDataset(Dataset):
     def warm(self, threads: int = 4, on_image: Callable[[], None] | None = None) -> None:
         """Decode every image once, in parallel threads, before the first epoch.
 
-        Raises the first :class:`~shiftkit.errors.ImageReadError` it meets, naming the file.
+        Raises the first :class:`~shiftkit.errors.ImageReadError` it meets, naming the file; to skip bad images
+        instead, filter the table first with :func:`shiftkit.data.validate.decode_all`.
         """
-        paths = [record.path for record in self.table.records]
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for _ in pool.map(self.cache.get, paths):
-                if on_image is not None:
-                    on_image()
+        from shiftkit.data.validate import decode_all
+
+        decode_all(self.table, self.cache, "fail", threads=threads, on_image=on_image)
 
 
 def collate(items) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,12 +7,14 @@ hospital's folder (``shiftkit finetune OUT/train.csv --val OUT/val.csv --test OU
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from shiftkit.errors import DataError
+from shiftkit.io import atomic_write, write_text
 
 
 def export_npz(npz_path: str | Path, out: str | Path, limit: int | None = None, seed: int = 0) -> dict[str, Path]:
@@ -30,14 +32,15 @@ def export_npz(npz_path: str | Path, out: str | Path, limit: int | None = None, 
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         manifest = out / f"{split}.csv"
-        with manifest.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label"])
-            for index in order:
-                target = folder / f"{index:05d}.png"
-                if not target.exists():
-                    Image.fromarray(images[index]).save(target)
-                label = "|".join(str(j) for j in np.flatnonzero(labels[index])) if labels.shape[1] > 1 else str(labels[index, 0])
-                writer.writerow([f"{split}/{target.name}", label])
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["path", "label"])
+        for index in order:
+            target = folder / f"{index:05d}.png"
+            if not target.exists():  # atomic: an interrupted export leaves no truncated image to reuse
+                atomic_write(target, lambda tmp, pixels=images[index]: Image.fromarray(pixels).save(tmp, format="PNG"))
+            label = "|".join(str(j) for j in np.flatnonzero(labels[index])) if labels.shape[1] > 1 else str(labels[index, 0])
+            writer.writerow([f"{split}/{target.name}", label])
+        write_text(manifest, rows.getvalue())  # the manifest appears only once every image it lists exists
         manifests[split] = manifest
     return manifests

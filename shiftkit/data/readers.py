@@ -98,6 +98,24 @@ def _read_sitk(path: Path, options: ReadOptions) -> np.ndarray:
     return _window(array, options.window)
 
 
+def _decoder_reason(exc: Exception) -> str:
+    """One informative line of a decoder's error (SimpleITK's first line is only its source location)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith("Exception thrown in SimpleITK") else lines[0]
+    return line.removeprefix("sitk::ERROR: ")[:300]
+
+
+def _dicom_without_pixels(path: Path) -> bool:
+    """A DICOM file (``DICM`` preamble) without a Pixel Data element: a report or structured-report object."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return data[128:132] == b"DICM" and b"\xe0\x7f\x10\x00" not in data and b"\x7f\xe0\x00\x10" not in data
+
+
 def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.ndarray:
     """Return an ``H x W`` (grayscale) or ``H x W x 3`` float32 array in [0, 1].
 
@@ -116,9 +134,12 @@ def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.nda
             raise ImageReadError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
     except ImageReadError:
         raise
+    except PermissionError:
+        raise ImageReadError(f"{path}: cannot read file (permission denied)") from None
     except Exception as exc:  # PIL and SimpleITK raise many types for corrupt files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageReadError(f"{path}: cannot decode image ({reason})") from exc
+        if name.endswith((".dcm", ".dicom")) and _dicom_without_pixels(path):
+            raise ImageReadError(f"{path}: DICOM file has no pixel data (7FE0,0010)") from exc
+        raise ImageReadError(f"{path}: cannot decode image ({_decoder_reason(exc)})") from exc
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.size == 0 or min(array.shape[:2]) < 1:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shiftkit.io import atomic_write
+
 CLASSES = ("oval", "round", "spiky")
 
 
@@ -52,6 +54,6 @@ def write_dataset(out: str | Path, per_class: int = 40, size: int = 64, seed: in
         for index in range(per_class):
             image = make_image(kind, size, rng)
             target = folder / f"{kind}_{index:04d}.png"
-            if not target.exists():
-                Image.fromarray(image).save(target)
+            if not target.exists():  # written atomically: a killed run leaves no truncated image to reuse
+                atomic_write(target, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
     return out

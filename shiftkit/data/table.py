@@ -77,14 +77,16 @@ class ImageTable:
     def subset(self, indices: Sequence[int]) -> "ImageTable":
         return replace(self, records=tuple(self.records[i] for i in indices), _index={})
 
-    def with_classes(self, classes: Sequence[str], multilabel: bool | None = None) -> "ImageTable":
-        """Adopt another table's class vocabulary (e.g. the training set's), refusing labels it lacks."""
+    def with_classes(self, classes: Sequence[str], multilabel: bool | None = None,
+                     role: str = "training") -> "ImageTable":
+        """Adopt another table's class vocabulary (e.g. the training set's), refusing labels it lacks;
+        ``role`` names that other table in the error (``training``, ``source``)."""
         known = set(classes)
         for record in self.records:
             unknown = [label for label in record.labels if label not in known]
             if unknown:
                 raise DataError(
-                    f"{record.origin or record.path}: label '{unknown[0]}' is not one of the training classes "
+                    f"{record.origin or record.path}: label '{unknown[0]}' is not one of the {role} classes "
                     f"({', '.join(classes)})"
                 )
         return replace(self, classes=tuple(classes), multilabel=self.multilabel if multilabel is None else multilabel)

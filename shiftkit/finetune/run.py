@@ -1,4 +1,8 @@
-"""``finetune``: from data paths to a trained model and ``metrics.json`` (the CLI is a thin layer over this)."""
+"""``finetune``: from data paths to a trained model and ``metrics.json`` (the CLI is a thin layer over this).
+
+Under ``torchrun --nproc_per_node N`` every rank runs this function: each decodes the images, trains its share
+of every batch, and only rank 0 writes files and reports progress (see ``shiftkit.finetune.distributed``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,17 @@ from shiftkit.data.cache import ImageCache
 from shiftkit.data.dataset import ImageDataset, stratified_split
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import ImageTable, load_table
+from shiftkit.data.validate import check_policy, decode_all, require_images_left
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.strategies import StrategyConfig, check_strategy_name, make_strategy
-from shiftkit.finetune.trainer import Trainer, TrainConfig, TrainerCallback, config_dict, resolve_device
+from shiftkit.finetune.trainer import (
+    Trainer, TrainConfig, TrainerCallback, config_dict, resolve_device, resolve_precision,
+)
 from shiftkit.io import write_json
 from shiftkit.models.registry import build_model
+from shiftkit.privacy import shown_path
 
 VAL_FRACTION = 0.2
 
@@ -34,6 +43,8 @@ class FinetuneRequest:
     image_size: int | None = None
     cache_dir: Path | None = None
     resume: bool = False
+    on_bad_image: str = "fail"  # or "skip": unreadable images leave the run and are listed in metrics.json
+    anonymize_paths: bool = False  # input paths in metrics.json and checkpoints become stable hashes
     read_options: ReadOptions = field(default_factory=ReadOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -84,13 +95,19 @@ def _check_options(request: FinetuneRequest) -> None:
     if cfg.monitor != "auto" and cfg.monitor not in METRICS:
         raise ConfigError(f"unknown --monitor '{cfg.monitor}' (choose auto, {', '.join(METRICS)})")
     request.strategy.validate()
-    resolve_device(cfg.device)  # fail before decoding any image
+    check_policy(request.on_bad_image)
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError(f"--workers must be 0 or more (got {cfg.num_workers})")
+    resolve_precision(cfg.precision, resolve_device(cfg.device))  # fail before decoding any image
 
 
 def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = None, on_stage=None) -> dict:
     """Train, keep the best epoch by validation, evaluate, write ``out/metrics.json``; return its content."""
     cfg = request.train
     _check_options(request)
+    ctx = distributed.context()
+    if not ctx.is_main:
+        callback, on_stage = None, None
     request.strategy.lr, request.strategy.epochs = cfg.lr, cfg.epochs
     train_table, val_table, test_table = _split(request)
     num_outputs = len(train_table.classes)
@@ -98,27 +115,34 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
     adapted = build_model(request.arch, num_outputs, request.weights, request.image_size)
     strategy = make_strategy(cfg.strategy, adapted, request.strategy)
     cache = ImageCache(adapted.preprocessing, request.read_options, disk_dir=request.cache_dir)
-    datasets = {
-        name: ImageDataset(table, cache)
-        for name, table in (("train", train_table), ("val", val_table), ("test", test_table))
-        if table is not None
-    }
-    for name, dataset in datasets.items():
+    tables = {"train": train_table, "val": val_table, "test": test_table}
+    skipped = []
+    for name, table in tables.items():  # every image decoded once, up front: bad ones fail or skip here
+        if table is None:
+            continue
         if on_stage:
-            on_stage(f"decoding {name} images", len(dataset))
-        dataset.warm(on_image=on_stage.advance if on_stage else None)
+            on_stage(f"decoding {name} images", len(table))
+        tables[name], bad = decode_all(table, cache, request.on_bad_image,
+                                       on_image=on_stage.advance if on_stage else None)
+        require_images_left(tables[name], bad, name, all_classes=name == "train")
+        skipped += bad
+    datasets = {name: ImageDataset(table, cache) for name, table in tables.items() if table is not None}
     task = train_table.task
     trainer = Trainer(
         adapted, strategy, task, datasets["train"], datasets["val"], cfg,
         checkpoint_dir=request.out / "checkpoints", callback=callback,
         identity_extra={
-            "data": [str(p) if p else None for p in (request.data, request.val)],
+            "data": [shown_path(p, request.anonymize_paths) for p in (request.data, request.val)],
             "read_options": request.read_options.key(),
         },
+        dist=ctx,
     )
     resumed = request.resume and trainer.resume()
     summary = trainer.fit()
     trainer.load_best()
+    val_metrics = trainer.evaluate(datasets["val"])
+    test_metrics = trainer.evaluate(datasets["test"]) if "test" in datasets else None
+    trainer.close()
     result = {
         "strategy": cfg.strategy,
         "arch": request.arch,
@@ -129,8 +153,8 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         "task": task,
         "classes": list(train_table.classes),
         "monitor": trainer.monitor,
-        "val": trainer.evaluate(datasets["val"]),
-        "test": trainer.evaluate(datasets["test"]) if "test" in datasets else None,
+        "val": val_metrics,
+        "test": test_metrics,
         "sizes": {name: len(d) for name, d in datasets.items()},
         "resumed": bool(resumed),
         "history": trainer.history,
@@ -140,9 +164,12 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
             "weights": request.weights,
             "image_size": adapted.preprocessing.crop,
             "resize": adapted.preprocessing.resize,
-            "data": str(request.data),
-            "val": str(request.val) if request.val else f"stratified {VAL_FRACTION:.0%} of data (seed {cfg.seed})",
-            "test": str(request.test) if request.test else None,
+            "data": shown_path(request.data, request.anonymize_paths),
+            "val": shown_path(request.val, request.anonymize_paths) if request.val
+            else f"stratified {VAL_FRACTION:.0%} of data (seed {cfg.seed})",
+            "test": shown_path(request.test, request.anonymize_paths),
+            "on_bad_image": request.on_bad_image,
+            "anonymize_paths": request.anonymize_paths,
         },
         "environment": {
             "shiftkit": __version__,
@@ -150,8 +177,15 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
             "device": str(trainer.device),
             "gpu": torch.cuda.get_device_name() if trainer.device.type == "cuda" else None,
             "machine": platform.machine(),
+            "world_size": ctx.world_size,
+            "backend": ctx.backend,
+            "precision": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+            "loader_workers": trainer.num_workers,
         },
         "decoded_images": cache.decodes,
+        "skipped_images": [s.to_dict(request.anonymize_paths) for s in skipped],
     }
-    write_json(request.out / "metrics.json", result)
+    if ctx.is_main:
+        write_json(request.out / "metrics.json", result)
+    distributed.barrier(ctx)
     return result

@@ -5,12 +5,18 @@ rebuilds Adam when that changes), adds the strategy's penalty to the loss, and l
 stopping. It keeps the best checkpoint by the validation metric, writes a resumable checkpoint after every
 epoch, and, while the backbone is entirely frozen (``lp``, the first phase of ``lp_ft``), trains the head
 on backbone features computed once instead of running the frozen backbone every epoch.
+
+On CUDA it trains in bf16 autocast (fp16 with loss scaling where bf16 is unsupported), channels-last, from
+pinned memory with non-blocking copies and persistent loader workers. Under ``torchrun`` (a
+:class:`~shiftkit.finetune.distributed.DistContext` with several ranks) each rank trains on its slice of every
+global batch through DistributedDataParallel and the numbers equal a one-process run's (see distributed.py).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +25,14 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shiftkit.data.dataset import ImageDataset, collate
 from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.features import head_inputs_and_outputs
+from shiftkit.finetune import distributed as dist_utils
+from shiftkit.finetune.distributed import SINGLE, DistContext, GlobalBatchSampler, rank_slice
 from shiftkit.finetune.metrics import compute_metrics
 from shiftkit.finetune.strategies import Strategy
 from shiftkit.io import save_torch
@@ -44,6 +53,11 @@ class TrainConfig:
     monitor: str = "auto"  # a metric name, or auto: mAP for multi-label, AUROC otherwise
     eval_batch_size: int = 256
     cache_features: bool = True  # train a frozen backbone's head on features computed once
+    num_workers: int | None = None  # loader worker processes; None: 0 on CPU, up to 8 per GPU on CUDA
+    precision: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 on CPU), bf16, fp16, fp32
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class TrainerCallback(Protocol):
@@ -77,8 +91,37 @@ def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + salt) % (2**31)
 
 
-def _order(n: int, seed: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def default_workers(device: torch.device, ctx: DistContext = SINGLE) -> int:
+    """Loader workers: none on CPU (images are decoded and cached up front; workers would only compete with
+    the compute threads), up to 8 per GPU on CUDA so that batching and pinning overlap the GPU's work."""
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, ctx.world_size) - 1))
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). bf16 needs no loss scaling; fp16 (older GPUs) gets a GradScaler."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{name}' (choose {', '.join(PRECISIONS)})")
+    if device.type != "cuda" or name == "fp32":
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+class _Collate:
+    """``collate``, plus an empty batch of the right shape for a rank whose slice of a short last batch is
+    empty (it still joins the step's collectives). A class, so that spawned loader workers can pickle it."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        image, target = dataset[0]
+        self.empty = (torch.zeros((0, *image.shape), dtype=image.dtype), torch.zeros((0, *target.shape),
+                                                                                    dtype=target.dtype))
+
+    def __call__(self, items):
+        return collate(items) if items else self.empty
 
 
 class Trainer:
@@ -93,6 +136,7 @@ class Trainer:
         checkpoint_dir: Path | None = None,
         callback: TrainerCallback | None = None,
         identity_extra: dict | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.adapted = adapted
         self.model = adapted.model
@@ -100,17 +144,28 @@ class Trainer:
         self.task = task
         self.train_set, self.val_set = train, val
         self.config = config
-        self.device = resolve_device(config.device)
+        self.dist = dist or SINGLE
+        self.device = dist_utils.device_for(self.dist, resolve_device(config.device))
         self.checkpoint_dir = checkpoint_dir
-        self.callback = callback or _Silent()
+        self.callback = (callback if self.dist.is_main else None) or _Silent()
         self.identity_extra = identity_extra or {}
         self.monitor = config.monitor if config.monitor != "auto" else ("map" if task == "multilabel" else "auroc")
-        self.loss_fn = nn.BCEWithLogitsLoss() if task == "multilabel" else nn.CrossEntropyLoss()
-        self.use_amp = self.device.type == "cuda"
+        # Summed per-sample losses; the trainer divides by the global batch (see _batch_loss).
+        self.loss_fn = nn.BCEWithLogitsLoss(reduction="sum") if task == "multilabel" else \
+            nn.CrossEntropyLoss(reduction="sum")
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.use_amp = self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.num_workers = config.num_workers if config.num_workers is not None else \
+            default_workers(self.device, self.dist)
+        if self.dist.enabled:
+            dist_utils.sync_batchnorm(self.model, self.device)  # batch statistics of the global batch
         self.model.to(self.device)
-        if self.use_amp:
+        if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
         strategy.to(self.device)
+        self.ddp: nn.Module | None = None  # the DDP wrapper of the current trainable set (rebuilt with the plan)
         self.params = dict(self.model.named_parameters())
         self.head_names = set(adapted.head_param_names())
         self.block_names = adapted.block_param_names()
@@ -121,6 +176,8 @@ class Trainer:
         self.bad_epochs = 0
         self.start_epoch = 0
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._loaders: dict[tuple[int, bool, int], DataLoader] = {}
+        self._best_state: dict[str, torch.Tensor] | None = None
 
     # -- what trains -----------------------------------------------------------------------------------
     def _apply_plan(self) -> None:
@@ -135,6 +192,13 @@ class Trainer:
             [{"params": [self.params[n] for n in g.names], "lr": g.lr} for g in groups if g.names],
             lr=self.config.lr,
         )
+        self.ddp = None
+        if self.dist.enabled and trainable:
+            # DDP registers its all-reduce hooks on the parameters that train now: rebuild it with the plan.
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # BatchNorm statistics are global already: identical on every rank
+            )
 
     def backbone_frozen(self) -> bool:
         return all(not p.requires_grad for n, p in self.params.items() if n not in self.head_names)
@@ -153,28 +217,54 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------------
     def _loader(self, dataset: ImageDataset, shuffle: bool, seed: int, batch_size: int | None = None) -> DataLoader:
-        """Batches in a seeded order: ``_order`` is shared with the cached-feature path, so both see the same."""
-        order = _order(len(dataset), seed).tolist() if shuffle else range(len(dataset))
-        return DataLoader(
-            dataset,
-            batch_size=batch_size or self.config.batch_size,
-            sampler=order,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-        )
+        """This rank's part of each global batch, in a seeded order shared with the cached-feature path.
+
+        One loader per dataset and batch size lives as long as the trainer, so its workers persist across
+        epochs; ``set_epoch`` re-seeds its sampler. Workers are forked after ``ImageDataset.warm`` filled the
+        main process's decoded-image cache, so they inherit it and never decode a file again.
+        """
+        batch_size = batch_size or self.config.batch_size
+        key = (id(dataset), shuffle, batch_size)
+        loader = self._loaders.get(key)
+        if loader is None:
+            sampler = GlobalBatchSampler(len(dataset), batch_size, self.dist, shuffle)
+            workers = self.num_workers
+            loader = DataLoader(
+                dataset, batch_sampler=sampler, collate_fn=_Collate(dataset), num_workers=workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+            )
+            self._loaders[key] = loader
+        loader.batch_sampler.set_epoch(seed)
+        return loader
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        self._loaders.clear()
 
     def _targets(self, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.to(self.device, non_blocking=True)
         return targets.float() if self.task == "multilabel" else targets.long()
 
     def _autocast(self):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_amp)
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype or torch.bfloat16, enabled=self.use_amp)
+
+    def _local_indices(self, loader: DataLoader) -> torch.Tensor:
+        """The dataset indices this rank sees, in the order an unshuffled loader yields them."""
+        parts = [rank_slice(chunk, self.dist) for chunk in loader.batch_sampler.global_batches()]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
     def _backbone_features(self, dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs of the head for every image, from one pass of the frozen backbone (kept on the device)."""
+        """Inputs of the head for every image, from one pass of the frozen backbone (kept on the device).
+        Under DDP each rank embeds its share and all ranks gather the whole set."""
         loader = self._loader(dataset, False, 0, self.config.eval_batch_size)
         features, _, targets = head_inputs_and_outputs(self.adapted, loader, self.device)
-        return features, torch.cat(targets).to(self.device)
+        targets = torch.cat(targets).to(self.device)
+        if self.dist.enabled:
+            indices = self._local_indices(loader)
+            features = dist_utils.gather_rows(features, indices, len(dataset), self.dist)
+            targets = dist_utils.gather_rows(targets, indices, len(dataset), self.dist)
+        return features, targets
 
     def _cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._feature_cache:
@@ -182,27 +272,58 @@ class Trainer:
             self._feature_cache[split] = self._backbone_features(dataset)
         return self._feature_cache[split]
 
-    def _feature_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled mini-batches of cached features, sliced on the device (no loader, no copies to the host)."""
+    def _feature_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Shuffled mini-batches of cached features, sliced on the device (no loader, no copies to the host):
+        this rank's part of each global batch, and the global batch's size."""
         features, targets = self._cached_features(split)
-        order = _order(len(features), seed).to(self.device)
-        return [(features[chunk], targets[chunk]) for chunk in order.split(self.config.batch_size)]
+        sampler = GlobalBatchSampler(len(features), self.config.batch_size, self.dist, True)
+        sampler.set_epoch(seed)
+        batches = []
+        for chunk in sampler.global_batches():
+            part = rank_slice(chunk, self.dist).to(self.device)
+            batches.append((features[part], targets[part], len(chunk)))
+        return batches
 
     # -- one epoch -------------------------------------------------------------------------------------
-    def _forward(self, inputs: torch.Tensor, from_features: bool) -> torch.Tensor:
+    def _forward(self, inputs: torch.Tensor, from_features: bool, train: bool = False) -> torch.Tensor:
+        """Logits; a training step on images goes through the DDP wrapper (gradient all-reduce)."""
         with self._autocast():
-            return self.adapted.head(inputs) if from_features else self.model(self.adapted.inputs(inputs, self.device))
+            if from_features:
+                return self.adapted.head(inputs)
+            model = self.ddp if (train and self.ddp is not None) else self.model
+            return model(self.adapted.inputs(inputs, self.device))
+
+    def _batch_loss(self, logits: torch.Tensor, targets: torch.Tensor, global_size: int) -> torch.Tensor:
+        """Mean loss of the global batch as this rank contributes it: the rank's summed loss over the global
+        batch size, times the world size because gradient averaging divides by it again. One process: the
+        mean. A short last batch, split unevenly over ranks, keeps the one-process weighting."""
+        per_sample = targets.shape[1] if self.task == "multilabel" else 1
+        return self.loss_fn(logits, targets) * (self.dist.world_size / (global_size * per_sample))
+
+    def _global_sizes(self, loader: DataLoader) -> list[int]:
+        return [len(chunk) for chunk in loader.batch_sampler.global_batches()]
 
     def _probe(self, batches: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Gradients of the training loss for a few batches (for strategies such as Auto-RGN)."""
+        """Gradients of the training loss for a few batches (for strategies such as Auto-RGN); under DDP each
+        batch's gradient is averaged over ranks, so every rank sees the global batch's gradient."""
         loader = self._loader(self.train_set, True, _epoch_seed(self.config.seed, epoch, 1))
+        sizes = self._global_sizes(loader)
         names = [n for n, p in self.params.items() if p.requires_grad]
         for index, (images, targets) in enumerate(loader):
             if index >= batches:
                 break
-            loss = self.loss_fn(self._forward(images, False).float(), self._targets(targets))
+            loss = self._batch_loss(self._forward(images, False).float(), self._targets(targets), sizes[index])
             grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
-            yield {n: g.detach() for n, g in zip(names, grads) if g is not None}
+            found = {n: g.detach() for n, g in zip(names, grads) if g is not None}
+            if self.dist.enabled:
+                flat = torch.cat([g.reshape(-1) for g in found.values()])
+                dist_utils.all_reduce_sum(flat, self.dist)
+                flat /= self.dist.world_size
+                offset = 0
+                for n, g in found.items():
+                    found[n] = flat[offset: offset + g.numel()].view_as(g)
+                    offset += g.numel()
+            yield found
 
     def _uses_cached_features(self) -> bool:
         return self.config.cache_features and self.backbone_frozen()
@@ -214,29 +335,47 @@ class Trainer:
             batches = self._feature_batches("train", seed)
         else:
             self._feature_cache.clear()  # the backbone is about to change
-            batches = self._loader(self.train_set, True, seed)
-        self.callback.on_epoch_start(epoch, len(batches), "head on cached features" if from_features else "")
+            loader = self._loader(self.train_set, True, seed)
+            batches = zip(loader, self._global_sizes(loader))
+        count = len(self.train_set)
+        steps = -(-count // self.config.batch_size)
+        self.callback.on_epoch_start(epoch, steps, "head on cached features" if from_features else "")
         self._set_modes()
-        total, count = 0.0, 0
-        for inputs, targets in batches:
+        trainable = [p for p in self.params.values() if p.requires_grad]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per batch
+        for item in batches:
+            (inputs, targets), global_size = (item[:2], item[2]) if from_features else item
             inputs = inputs.to(self.device, non_blocking=True)
             targets = self._targets(targets)
-            loss = self.loss_fn(self._forward(inputs, from_features).float(), targets)
+            loss = self._batch_loss(self._forward(inputs, from_features, train=True).float(), targets, global_size)
             objective = loss
             penalty = self.strategy.penalty()
             if penalty is not None:
                 objective = loss + penalty
-            if not torch.isfinite(objective):
+            if self.device.type == "cpu" and not self.dist.enabled and not torch.isfinite(objective):
+                # (on CUDA, and under DDP, checked once per epoch below: a per-batch check stalls the GPU queue)
                 raise ShiftkitError(
                     f"training diverged at epoch {epoch + 1} (loss is {objective.item()}); try a smaller --lr"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            self.optimizer.step()
-            total += loss.item() * len(targets)
-            count += len(targets)
+            if self.scaler is not None:
+                self.scaler.scale(objective).backward()
+            else:
+                objective.backward()
+            if from_features or self.ddp is None:
+                dist_utils.average_gradients(trainable, self.dist)  # DDP did not see this step
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            total += loss.detach().double() * (global_size / self.dist.world_size)
             self.callback.on_batch()
-        return total / max(count, 1)
+        dist_utils.all_reduce_sum(total, self.dist)
+        mean = total.item() / max(count, 1)
+        if not math.isfinite(mean):  # every rank sees the same sum, so all of them stop together
+            raise ShiftkitError(f"training diverged at epoch {epoch + 1} (loss is {mean}); try a smaller --lr")
+        return mean
 
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.task == "multilabel" else logits.softmax(1)
@@ -244,22 +383,38 @@ class Trainer:
     @torch.no_grad()
     def predict(self, dataset: ImageDataset, from_features: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Probabilities, targets and mean loss over ``dataset`` with the current weights (or over the cached
-        features of split ``from_features`` while the backbone is frozen)."""
+        features of split ``from_features`` while the backbone is frozen). Under DDP each rank predicts its
+        share and every rank gets the whole set back, so metrics (and early stopping) agree on all ranks."""
         self.model.eval()
+        n = len(dataset) if not from_features else len(self._cached_features(from_features)[0])
         if from_features:
             features, all_targets = self._cached_features(from_features)
+            indices = torch.arange(n)
+            if self.dist.enabled:
+                indices = torch.cat([rank_slice(c, self.dist) for c in indices.split(self.config.eval_batch_size)])
+            index_on_device = indices.to(self.device)
+            features, all_targets = features[index_on_device], all_targets[index_on_device]
             batches = zip(features.split(self.config.eval_batch_size), all_targets.split(self.config.eval_batch_size))
         else:
-            batches = self._loader(dataset, False, 0, self.config.eval_batch_size)
-        probabilities, targets, total = [], [], 0.0
+            loader = self._loader(dataset, False, 0, self.config.eval_batch_size)
+            indices = self._local_indices(loader)
+            batches = loader
+        probabilities, targets = [], []
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for inputs, target in batches:
             logits = self._forward(inputs, bool(from_features)).float()
             target = self._targets(target)
-            total += self.loss_fn(logits, target).item() * len(target)
+            loss = self.loss_fn(logits, target)
+            total += loss.double() / (target.shape[1] if self.task == "multilabel" else 1)
             probabilities.append(self._probabilities(logits))
             targets.append(target)
-        probs = torch.cat(probabilities).cpu().numpy()
-        return probs, torch.cat(targets).cpu().numpy(), total / max(len(probs), 1)
+        probs = torch.cat(probabilities) if probabilities else torch.zeros(0, device=self.device)
+        targets = torch.cat(targets) if targets else torch.zeros(0, device=self.device)
+        if self.dist.enabled:
+            probs = dist_utils.gather_rows(probs, indices, n, self.dist)
+            targets = dist_utils.gather_rows(targets, indices, n, self.dist)
+            dist_utils.all_reduce_sum(total, self.dist)
+        return probs.cpu().numpy(), targets.cpu().numpy(), total.item() / max(n, 1)
 
     def _validate(self) -> tuple[dict, float]:
         probs, targets, loss = self.predict(self.val_set, "val" if self._uses_cached_features() else None)
@@ -268,7 +423,9 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------------
     def _run_identity(self) -> dict:
         """Everything that decides the numbers: a checkpoint resumes only a run with the same identity."""
-        train = {k: v for k, v in config_dict(self.config).items() if k not in ("device", "eval_batch_size")}
+        # Settings that change speed, not the numbers (up to floating point), may differ on resume.
+        train = {k: v for k, v in config_dict(self.config).items()
+                 if k not in ("device", "eval_batch_size", "num_workers", "precision")}
         return {
             "train": train,
             "strategy": self.strategy.config_dict(),
@@ -281,9 +438,12 @@ class Trainer:
         }
 
     def _save_checkpoint(self, epoch: int, improved: bool) -> None:
-        if self.checkpoint_dir is None:
+        """Every rank keeps the best weights in memory (all ranks take the same decisions); rank 0 writes."""
+        model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        if improved:
+            self._best_state = model_state
+        if self.checkpoint_dir is None or not self.dist.is_main:
             return
-        model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         if improved:
             save_torch(self.checkpoint_dir / "best.pt", {"model_state": model_state, "epoch": epoch})
         save_torch(
@@ -340,7 +500,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config.epochs):
             if self.stopped_early():
                 break
-            torch.manual_seed(_epoch_seed(self.config.seed, epoch, 2))
+            # dropout / stochastic depth: each rank draws its own masks (rank 0's are a one-process run's)
+            torch.manual_seed(_epoch_seed(self.config.seed, epoch, 2) + self.dist.rank)
             started = time.perf_counter()
             self._set_modes()  # a probe (Auto-RGN) sees the model as training will
             probe = functools.partial(self._probe, epoch=epoch)
@@ -374,9 +535,14 @@ class Trainer:
             self.history.append(entry)
             self._save_checkpoint(epoch, improved)
             self.callback.on_epoch_end(entry)
+        dist_utils.barrier(self.dist)  # rank 0's files are complete before any rank reads them
         return {"best_epoch": self.best_epoch + 1, "epochs_run": len(self.history)}
 
     def load_best(self) -> None:
+        """The best epoch's weights: from memory, or from ``best.pt`` when it was reached before a resume."""
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+            return
         path = self.checkpoint_dir / "best.pt" if self.checkpoint_dir else None
         if path is not None and path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -9,6 +10,7 @@ from rich.table import Table
 
 from shiftkit.io import atomic_write, write_json, write_text
 from shiftkit.report import plots
+from shiftkit.recommend.recommender import ShiftFacts, recommend
 from shiftkit.report.html import Page
 from shiftkit.shift.diagnose import Embedded
 from shiftkit.shift.profile import ShiftProfile
@@ -36,7 +38,8 @@ def _plots(profile: ShiftProfile, data: Embedded) -> dict[str, bytes]:
     return figures
 
 
-def _html(profile: ShiftProfile, figures: dict[str, bytes]) -> str:
+def _html(profile: ShiftProfile, figures: dict[str, bytes], skipped: list[dict] = (),
+          recommended: dict | None = None) -> str:
     s = profile.settings
     page = Page(f"Shift diagnosis: {s['source']} → {s['target']}")
     page.heading("Verdict")
@@ -76,6 +79,12 @@ def _html(profile: ShiftProfile, figures: dict[str, bytes]) -> str:
         c = profile.concept
         page.table(["p-value", "target error", "expected under covariate + label shift", "gap", "λ*"],
                    [[c.p_value, c.observed_target_error, c.expected_target_error, c.error_gap, c.lambda_star]])
+    if recommended is not None:
+        _recommendation_html(page, recommended)
+    if skipped:
+        page.heading("Skipped images")
+        page.paragraph(f"{len(skipped)} unreadable image(s) were left out (--on-bad-image skip).", "note")
+        page.table(["domain", "image", "reason"], [[s["domain"], s["path"], s["reason"]] for s in skipped])
     page.heading("Settings")
     page.table(["setting", "value"], [[k, v] for k, v in s.items()])
     return page.render()
@@ -92,13 +101,38 @@ def _details(name: str, test) -> str:
     return ""
 
 
-def write_report(profile: ShiftProfile, data: Embedded, out: Path) -> dict:
-    report = profile.to_dict()
+def _recommendation_html(page: Page, recommended: dict) -> None:
+    page.heading("Recommended fine-tuning strategy")
+    page.paragraph(f"Expected relative gain over ft (% of the main metric) for {recommended['arch']}, best first; "
+                   "`shiftkit recommend report.json` prints it again (README, Recommendation).", "note")
+    page.table(["#", "strategy", "expected gain (%)", "± uncertainty", "reasons"],
+               [[rank, a["strategy"], a["expected_gain"], a["uncertainty"], " • ".join(a["reasons"])]
+                for rank, a in enumerate(recommended["ranking"], start=1)])
+    for note in recommended["notes"]:
+        page.paragraph(note, "note")
+
+
+def recommendation(report: dict, domain: str | None = None) -> dict:
+    """The fine-tuning recommendation for this shift (``shiftkit.recommend``): report.json's ``recommendation``."""
+    facts = replace(ShiftFacts.from_report(report), domain=domain)
+    return recommend(facts, report["settings"]["arch"]).to_dict()
+
+
+def skipped_images(profile: ShiftProfile, data: Embedded) -> list[dict]:
+    """Images left out under ``--on-bad-image skip``: domain, path (hashed under --anonymize-paths), reason."""
+    anonymize = bool(profile.settings.get("anonymize_paths"))
+    return [{"domain": domain, **s.to_dict(anonymize)} for domain, items in data.skipped.items() for s in items]
+
+
+def write_report(profile: ShiftProfile, data: Embedded, out: Path, domain: str | None = None) -> dict:
+    report = {**profile.to_dict(), "skipped_images": skipped_images(profile, data)}
+    report["recommendation"] = recommendation(report, domain)
+    figures = _plots(profile, data)  # everything is computed before the first file is written
+    html = _html(profile, figures, report["skipped_images"], report["recommendation"])
     write_json(out / "report.json", report)
-    figures = _plots(profile, data)
     for name, png in figures.items():
         atomic_write(out / "plots" / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
-    write_text(out / "report.html", _html(profile, figures))
+    write_text(out / "report.html", html)
     return report
 
 

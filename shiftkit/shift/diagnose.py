@@ -15,10 +15,12 @@ from shiftkit.data.dataset import stratified_split
 from shiftkit.data.metadata import metadata_differences, table_metadata
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import ImageTable, load_table
+from shiftkit.data.validate import SkippedImage, check_policy, require_images_left
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.features import Representation, extract, fit_pca, load_finetuned
 from shiftkit.finetune.trainer import resolve_device
 from shiftkit.models.registry import build_model
+from shiftkit.privacy import shown_path
 from shiftkit.shift.profile import ALPHA, DatasetProfile, ShiftProfile
 
 from shiftkit.shift.covariate import COVARIATE_TESTS  # noqa: E402  (mmd, domain_classifier, ot, bbsd)
@@ -49,6 +51,8 @@ class DiagnoseRequest:
     alpha: float = ALPHA
     cache_dir: Path | None = None
     read_options: ReadOptions = field(default_factory=ReadOptions)
+    on_bad_image: str = "fail"  # or "skip": unreadable images leave the domain and are listed in the report
+    anonymize_paths: bool = False  # input paths in the report become stable hashes (shiftkit.privacy)
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Embedded:
     target_table: ImageTable
     arch: str
     weights: str
+    skipped: dict[str, list[SkippedImage]] = field(default_factory=dict)  # per domain, under --on-bad-image skip
 
 
 def _subsample(table: ImageTable, limit: int | None, seed: int) -> ImageTable:
@@ -80,11 +85,13 @@ def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTa
         return target
     labelled = load_table(labels_path)
     by_path = {r.path.resolve(): r.labels for r in labelled.records}
+    origins = {r.path.resolve(): r.origin for r in labelled.records}  # errors name the labels file's row
     target_paths = {r.path.resolve() for r in target.records}
     unknown = [p for p in by_path if p not in target_paths]
     if unknown:
         raise DataError(f"{labels_path}: {unknown[0]} is not one of the target images")
-    records = tuple(replace(r, labels=by_path.get(r.path.resolve(), ())) for r in target.records)
+    records = tuple(replace(r, labels=by_path.get(r.path.resolve(), ()), origin=origins.get(r.path.resolve(), r.origin))
+                    for r in target.records)
     return replace(target, records=records, classes=labelled.classes, multilabel=labelled.multilabel, _index={})
 
 
@@ -100,6 +107,7 @@ def _check(request: DiagnoseRequest) -> None:
         raise ConfigError(f"--max-images must be at least {MIN_IMAGES}")
     if request.pca < 0 or request.batch_size < 1:
         raise ConfigError("--pca must be 0 or more and --batch-size at least 1")
+    check_policy(request.on_bad_image)
     resolve_device(request.device)
 
 
@@ -113,7 +121,7 @@ def load_domains(request: DiagnoseRequest) -> tuple[ImageTable, ImageTable]:
     if any(r.labels for r in target.records):  # fully or partly labelled: number classes as the source does
         if not source.labeled:
             raise DataError(f"{request.source}: the target has labels but the source has none")
-        target = target.with_classes(source.classes, source.multilabel)
+        target = target.with_classes(source.classes, source.multilabel, role="source")
     return source, target
 
 
@@ -128,13 +136,20 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
     else:
         adapted = build_model(request.arch, 1, request.weights, request.image_size)
     batches = lambda table: -(-len(table) // request.batch_size)  # noqa: E731
-    reps = []
+    reps, tables, skipped = [], [], {}
     for name, table in (("source", source), ("target", target)):
         tick = on_stage(f"embedding {name}", batches(table)) if on_stage else None
-        reps.append(extract(table, adapted, device, trained_head=request.checkpoint is not None,
-                            batch_size=request.batch_size, read_options=request.read_options,
-                            cache_dir=request.cache_dir, on_batch=tick))
-    return Embedded(reps[0], reps[1], source, target, adapted.arch, adapted.weights)
+        rep = extract(table, adapted, device, trained_head=request.checkpoint is not None,
+                      batch_size=request.batch_size, read_options=request.read_options,
+                      cache_dir=request.cache_dir, on_batch=tick, on_bad_image=request.on_bad_image)
+        if rep.skipped:  # rows of the representation are the readable images, in table order
+            bad = {s.index for s in rep.skipped}
+            table = table.subset([i for i in range(len(table)) if i not in bad])
+            require_images_left(table, list(rep.skipped), name, MIN_IMAGES, all_classes=name == "source")
+        reps.append(rep)
+        tables.append(table)
+        skipped[name] = list(rep.skipped)
+    return Embedded(reps[0], reps[1], tables[0], tables[1], adapted.arch, adapted.weights, skipped)
 
 
 def _dataset_profile(source: ImageTable, target: ImageTable) -> DatasetProfile:
@@ -223,9 +238,12 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
     step("acquisition metadata")
     metadata = metadata_differences(table_metadata(source), table_metadata(target))
     settings = {
-        "source": str(request.source), "target": str(request.target),
-        "arch": data.arch, "weights": data.weights,
-        "checkpoint": str(request.checkpoint) if request.checkpoint else None,
+        "source": shown_path(request.source, request.anonymize_paths),
+        "target": shown_path(request.target, request.anonymize_paths),
+        "arch": data.arch,
+        "weights": shown_path(data.weights, request.anonymize_paths and data.weights not in ("imagenet", "none")),
+        "checkpoint": shown_path(request.checkpoint, request.anonymize_paths),
+        "on_bad_image": request.on_bad_image, "anonymize_paths": request.anonymize_paths,
         "embedding_dim": int(src_emb.shape[1]), "pca": int(src_low.shape[1]) if pca else None,
         "tests": list(request.tests),
         "permutations": {"mmd": request.permutations, "ot": min(request.permutations, OT_PERMUTATIONS),

@@ -324,6 +324,17 @@ def _estimator(method: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray, np.
 # the source classifier
 
 
+def _log_proba(model, x: np.ndarray) -> np.ndarray:
+    """Log-probabilities from the decision function's log-softmax: finite where ``predict_log_proba`` (the log of
+    probabilities that underflow to 0 on well-separated high-dimensional embeddings) gives -inf."""
+    from scipy.special import log_softmax
+
+    scores = model.decision_function(x)
+    if scores.ndim == 1:  # binary: the score is the log-odds of the second class
+        scores = np.column_stack([np.zeros_like(scores), scores])
+    return log_softmax(scores, axis=1)
+
+
 class SourceClassifier:
     """The source classifier whose outputs the label-shift estimators read.
 
@@ -421,7 +432,7 @@ class SourceClassifier:
             raise ShiftInputError(f"source labels: class(es) {missing!r} have no examples to fit the classifier on")
         model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
         model.fit(x_fit, y_fit)
-        held_out_logits = model.predict_log_proba(x_val)
+        held_out_logits = _log_proba(model, x_val)
         details = {"classifier": "StandardScaler + multinomial LogisticRegression", "C": C, "seed": seed,
                    "held_out_fraction": fraction, "n_fit": int(len(y_fit)), "n_held_out": int(len(y_val)),
                    "held_out_accuracy": float(np.mean(held_out_logits.argmax(axis=1) == y_val))}
@@ -450,7 +461,7 @@ class SourceClassifier:
         expected = self.model[0].n_features_in_
         if x.shape[1] != expected:
             raise ShiftInputError(f"embeddings: dimension {x.shape[1]} but the classifier was fitted on {expected}")
-        return self.model.predict_log_proba(x)
+        return _log_proba(self.model, x)
 
 
 # ----------------------------------------------------------------------------------------------------------------

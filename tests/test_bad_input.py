@@ -1,0 +1,455 @@
+"""Bad input gets one clear line and exit code 2, and leaves no half-written output (issue 8, point 1).
+
+Every case runs through every command in ``COMMANDS``: adding a command (harmonize, audit, ...) is one more
+entry there (and one in ``REPORTS`` for its report file). ``python3 tests/test_bad_input.py`` prints the
+message and exit code each case gets, as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from typer.testing import CliRunner
+
+from shiftkit.cli import app
+from shiftkit.data.synthetic import make_image
+
+runner = CliRunner()
+
+# --batch-size 64: one training batch per epoch (a last batch of one image hits a trainer bug, see the xfail test)
+FINETUNE = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "64",
+            "--device", "cpu"]
+DIAGNOSE = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--permutations", "20",
+            "--bootstrap", "10", "--tests", "mmd", "--device", "cpu"]
+
+
+@dataclass(frozen=True)
+class Good:
+    """A small valid setup: ``classes`` (folders a/, b/), ``target`` (a flat folder), and their image files."""
+
+    classes: Path
+    target: Path
+
+    def images(self, label: str) -> list[Path]:
+        return sorted((self.classes / label).iterdir())
+
+
+# command name -> argv for (DATA under test, out folder, a good second domain, extra options)
+COMMANDS: dict[str, Callable[..., list[str]]] = {
+    "finetune": lambda data, out, good, *extra: ["finetune", data, "--out", out, *FINETUNE, *extra],
+    "diagnose": lambda data, out, good, *extra: ["diagnose", data, good.target, "--out", out, *DIAGNOSE, *extra],
+}
+REPORTS = {"finetune": "metrics.json", "diagnose": "report.json"}  # where skipped_images is listed
+
+
+def run(command: str, data: Path, out: Path, good: Good, *extra):
+    return runner.invoke(app, [str(a) for a in COMMANDS[command](data, out, good, *extra)])
+
+
+def _png(path: Path, seed: int, kind: str = "round") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_image(kind, 32, np.random.default_rng(seed))).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Good:
+    root = tmp_path_factory.mktemp("good")
+    for label, kind in (("a", "round"), ("b", "spiky")):
+        for i in range(5):
+            _png(root / "classes" / label / f"{label}{i}.png", seed=10 * i + len(label), kind=kind)
+    for i in range(5):
+        _png(root / "target" / f"t{i}.png", seed=100 + i, kind="oval")
+    return Good(root / "classes", root / "target")
+
+
+def _manifest(path: Path, rows: list[tuple], header: str = "path,label") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header.split(","), *rows])
+    path.write_text(text.getvalue())
+    return path
+
+
+def _good_rows(good: Good) -> list[tuple]:
+    return [(p, label) for label in ("a", "b") for p in good.images(label)]
+
+
+def _copy(good: Good, root: Path) -> Path:
+    data = root / "data"
+    shutil.copytree(good.classes, data)
+    return data
+
+
+def _truncate(path: Path, keep: int = 60) -> Path:
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+# -- the bad inputs: each builder returns (DATA, extra options) for one command ------------------------------------
+
+def missing_file(root, good, command):
+    return _manifest(root / "m.csv", _good_rows(good) + [("missing.png", "a")]), []
+
+
+def unreadable_file(root, good, command):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their permissions")
+    data = _copy(good, root)
+    (data / "a" / "a0.png").chmod(0)
+    return data, []
+
+
+def truncated_png(root, good, command):
+    data = _copy(good, root)
+    _truncate(data / "b" / "b2.png")
+    return data, []
+
+
+def truncated_jpeg(root, good, command):
+    jpeg = root / "cut.jpg"
+    Image.fromarray(make_image("oval", 32, np.random.default_rng(0))).save(jpeg, quality=95)
+    _truncate(jpeg, len(jpeg.read_bytes()) // 2)
+    return _manifest(root / "m.csv", _good_rows(good) + [("cut.jpg", "a")]), []
+
+
+def dicom_without_pixel_data(root, good, command):
+    dicom = root / "nopixels.dcm"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(256, dtype=np.int16).reshape(16, 16)), str(dicom))
+    data = dicom.read_bytes()
+    dicom.write_bytes(data[: data.find(b"\xe0\x7f\x10\x00")])  # cut at the Pixel Data element
+    return _manifest(root / "m.csv", _good_rows(good) + [(dicom, "b")]), []
+
+
+def text_file_named_png_relative(root, good, command):
+    (root / "notes").mkdir()
+    (root / "notes" / "scan.png").write_text("not an image")
+    return _manifest(root / "m.csv", _good_rows(good) + [("notes/scan.png", "a")]), []
+
+
+def not_an_image_absolute_path(root, good, command):
+    (root / "notes.txt").write_text("not an image")
+    return _manifest(root / "m.csv", _good_rows(good) + [(root / "notes.txt", "a")]), []
+
+
+def not_an_image_relative_path(root, good, command):
+    (root / "notes.txt").write_text("not an image")
+    return _manifest(root / "m.csv", _good_rows(good) + [("notes.txt", "a")]), []
+
+
+def manifest_without_path_column(root, good, command):
+    return _manifest(root / "m.csv", _good_rows(good), header="file,label"), []
+
+
+def manifest_without_label_column(root, good, command):
+    return _manifest(root / "m.csv", [(p,) for p, _ in _good_rows(good)], header="path"), []
+
+
+def duplicate_paths(root, good, command):
+    rows = _good_rows(good)
+    return _manifest(root / "m.csv", rows + [rows[0]]), []
+
+
+def empty_label(root, good, command):
+    rows = _good_rows(good)
+    return _manifest(root / "m.csv", rows[:-1] + [(rows[-1][0], "")]), []
+
+
+def empty_class_folder(root, good, command):
+    data = _copy(good, root)
+    (data / "c").mkdir()
+    return data, []
+
+
+def manifest_without_rows(root, good, command):
+    return _manifest(root / "m.csv", []), []
+
+
+def manifest_not_utf8(root, good, command):
+    path = root / "m.csv"
+    path.write_bytes("path,label\ncaf\xe9.png,a\n".encode("latin-1"))
+    return path, []
+
+
+def bad_spacing(root, good, command):
+    return _manifest(root / "m.csv", [(p, label, "0.5,-1") for p, label in _good_rows(good)],
+                     header="path,label,spacing"), []
+
+
+def unknown_label_in_target_file(root, good, command):
+    if command == "finetune":
+        val = _manifest(root / "val.csv", [(good.images("a")[0], "a"), (good.images("b")[0], "cyst")])
+        return good.classes, ["--val", val]
+    labels = _manifest(root / "labels.csv", [(good.target / "t0.png", "a"), (good.target / "t1.png", "cyst")])
+    return good.classes, ["--target-labels", labels]
+
+
+def domain_of_one_image(root, good, command):
+    if command == "finetune":  # one image per class: nothing to split off for validation
+        return _manifest(root / "m.csv", [(good.images("a")[0], "a"), (good.images("b")[0], "b")]), []
+    return _manifest(root / "m.csv", [(good.images("a")[0], "a")]), []
+
+
+def missing_data_folder(root, good, command):
+    return root / "nope", []
+
+
+def unknown_bad_image_policy(root, good, command):
+    return good.classes, ["--on-bad-image", "ignore"]
+
+
+def every_image_of_a_class_bad_with_skip(root, good, command):
+    data = _copy(good, root)
+    for path in (data / "b").iterdir():
+        _truncate(path)
+    return data, ["--on-bad-image", "skip"]
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable
+    expect: dict  # command -> a fragment of the error line; "*" for any command; None: the command must work
+
+    def fragment(self, command: str) -> str | None:
+        return self.expect.get(command, self.expect.get("*"))
+
+
+CASES = {
+    "missing image file": Case(missing_file, {"*": "missing.png: file not found"}),
+    "unreadable image file (chmod 000)": Case(unreadable_file, {"*": "a0.png: cannot"}),
+    "truncated PNG": Case(truncated_png, {"*": "b2.png: cannot decode image"}),
+    "truncated JPEG": Case(truncated_jpeg, {"*": "cut.jpg: cannot decode image"}),
+    "DICOM without pixel data": Case(dicom_without_pixel_data, {"*": "nopixels.dcm: DICOM file has no pixel data"}),
+    "text file named .png (relative path)": Case(text_file_named_png_relative, {"*": "scan.png: cannot decode image"}),
+    "not an image (absolute path)": Case(not_an_image_absolute_path, {"*": "notes.txt: unsupported file type"}),
+    "not an image (path relative to manifest)": Case(not_an_image_relative_path, {"*": "notes.txt: unsupported file type"}),
+    "manifest without path column": Case(manifest_without_path_column, {"*": "needs a 'path' column"}),
+    "manifest without label column": Case(manifest_without_label_column,
+                                          {"finetune": "training data needs labels", "diagnose": None}),
+    "duplicate path in manifest": Case(duplicate_paths, {"*": "duplicate path"}),
+    "empty label in labelled manifest": Case(empty_label, {"*": "empty label"}),
+    "empty class folder": Case(empty_class_folder, {"*": "class 'c' has no images"}),
+    "manifest without rows": Case(manifest_without_rows, {"*": "has no rows"}),
+    "manifest not UTF-8": Case(manifest_not_utf8, {"*": "not UTF-8"}),
+    "negative spacing": Case(bad_spacing, {"*": "spacing '0.5,-1' must be positive"}),
+    "unknown label in a target/val file": Case(unknown_label_in_target_file,
+                                               {"finetune": "val.csv row 3: label 'cyst' is not one of the training",
+                                                "diagnose": "labels.csv row 3: label 'cyst' is not one of the source"}),
+    "a domain of one image": Case(domain_of_one_image, {"finetune": "too few to split",
+                                                        "diagnose": "a shift test needs at least 4"}),
+    "missing data folder": Case(missing_data_folder, {"*": "no such file or folder"}),
+    "unknown --on-bad-image": Case(unknown_bad_image_policy, {"*": "--on-bad-image must be one of"}),
+    "every image of a class bad, with skip": Case(every_image_of_a_class_bad_with_skip,
+                                                  {"*": "class 'b' has no readable"}),
+}
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def _files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(good, tmp_path, command, case):
+    data, extra = CASES[case].build(tmp_path, good, command)
+    out = tmp_path / "out"
+    result = run(command, data, out, good, *extra)
+    fragment = CASES[case].fragment(command)
+    if fragment is None:
+        assert result.exit_code == 0, result.output
+        return
+    line = _error_line(result)
+    assert line.startswith("error: ") and fragment in line, line
+    assert _files(out) == [], "a failed run left files behind"
+
+
+# -- the policy: skip lists what it left out -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_skip_policy_lists_the_bad_images_in_the_report_and_warns(good, tmp_path, command):
+    truncated = _truncate(shutil.copy(good.images("a")[1], tmp_path / "cut.png"))
+    rows = _good_rows(good) + [("cut.png", "a"), ("missing.png", "b")]
+    data = _manifest(tmp_path / "m.csv", rows)
+    result = run(command, data, tmp_path / "out", good, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / REPORTS[command]).read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped_images"]}
+    assert skipped == {"cut.png": "cannot decode image (image file is truncated)", "missing.png": "file not found"}
+    assert str(truncated) in {s["path"] for s in report["skipped_images"]}
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "skipped 2 unreadable image(s)" in warning[0], result.output
+
+
+def test_finetune_finds_bad_images_before_training_and_decodes_each_image_once(good, tmp_path, monkeypatch):
+    from shiftkit.finetune import trainer
+
+    data = _copy(good, tmp_path)
+    _truncate(data / "b" / "b4.png")
+    monkeypatch.setattr(trainer.Trainer, "fit", lambda self: pytest.fail("training started before the check"))
+    assert "b4.png" in _error_line(run("finetune", data, tmp_path / "out", good))
+
+    monkeypatch.undo()
+    result = run("finetune", data, tmp_path / "skip", good, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert sum(metrics["sizes"].values()) == 9
+    assert metrics["decoded_images"] == 10  # the up-front pass fed the cache: training decoded nothing more
+
+
+def test_embedding_cache_remembers_skipped_images_and_the_fail_policy_still_fails(good, tmp_path, monkeypatch):
+    """diagnose's embedding cache (--cache-dir) stores what was skipped: a cached run reports the same list,
+    and a later run with the default policy still stops at the bad image instead of using the cache."""
+    import torch
+    from torch import nn
+
+    from shiftkit.data import ImageCache, load_table
+    from shiftkit.data.preprocess import Preprocessing
+    from shiftkit.errors import ImageReadError
+    from shiftkit.features import extract
+    from shiftkit.models.registry import AdaptedModel
+
+    data = _copy(good, tmp_path)
+    _truncate(data / "a" / "a3.png")
+    (data / "b" / "b1.png").unlink()
+    table = load_table(data)
+    manifest = _manifest(tmp_path / "m.csv", [(r.path, r.labels[0]) for r in table.records]
+                         + [(data / "b" / "b1.png", "b")])
+    table = load_table(manifest)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.Linear(4, 2))
+    adapted = AdaptedModel("tiny", model, "2", [("all", ["0", "1", "2"])], Preprocessing(8, 8), "none")
+    decodes = []
+    original = ImageCache._decode
+    monkeypatch.setattr(ImageCache, "_decode", lambda self, path: decodes.append(path) or original(self, path))
+    first = extract(table, adapted, torch.device("cpu"), cache_dir=tmp_path / "cache", on_bad_image="skip")
+    assert sorted(Path(s.path).name for s in first.skipped) == ["a3.png", "b1.png"]
+    assert first.embeddings.shape == (len(table) - 2, 4)
+    decodes.clear()
+    again = extract(table, adapted, torch.device("cpu"), cache_dir=tmp_path / "cache", on_bad_image="skip")
+    assert decodes == [] and again.skipped == first.skipped
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    with pytest.raises(ImageReadError, match="a3.png: cannot decode image"):
+        extract(table, adapted, torch.device("cpu"), cache_dir=tmp_path / "cache")
+    with pytest.raises(ImageReadError, match="b1.png: file not found"):  # the disk image cache hashes files first
+        ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "images").get(data / "b" / "b1.png")
+
+
+def test_a_file_without_read_permission_is_named_even_when_running_as_root(monkeypatch, tmp_path):
+    from PIL import Image as PILImage
+
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ImageReadError
+
+    path = _png(tmp_path / "locked.png", seed=0)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(PILImage, "open", denied)
+    with pytest.raises(ImageReadError, match="locked.png: cannot read file \\(permission denied\\)"):
+        read_image(path)
+
+
+@pytest.mark.xfail(reason="trainer bug (not data layer): a last training batch of one image makes BatchNorm raise "
+                          "'Expected more than 1 value per channel' with a traceback; needs drop_last or merging it",
+                   strict=False)
+def test_a_training_set_one_image_past_a_full_batch_trains(good, tmp_path):
+    data = _manifest(tmp_path / "m.csv", _good_rows(good))  # 10 images, --val given: 10 train = 9 + 1
+    val = _manifest(tmp_path / "val.csv", [(good.images("a")[0], "a"), (good.images("b")[0], "b")])
+    result = run("finetune", data, tmp_path / "out", good, "--val", val, "--batch-size", "9")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.xfail(reason="concept.py bug (not data layer): _pca asks for 32 components of fewer pooled labelled "
+                          "images (ValueError traceback); clamp n_components to the number of samples", strict=False)
+def test_small_labelled_domains_get_a_concept_result_or_a_clear_line(good, tmp_path):
+    result = runner.invoke(app, [str(a) for a in ["diagnose", good.classes, good.classes, "--out", tmp_path / "out",
+                                                  *DIAGNOSE]])
+    assert result.exit_code in (0, 2) and "Traceback" not in result.output, result.output
+
+
+# -- inputs that look odd but must work ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def odd_but_valid(tmp_path_factory, good) -> Path:
+    """Class folders whose images are RGBA PNGs and 16-bit grayscale PNGs."""
+    root = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    for label, kind in (("a", "round"), ("b", "spiky")):
+        (root / label).mkdir()
+        for i in range(3):
+            gray = make_image(kind, 32, rng)
+            rgba = np.dstack([gray, gray // 2, 255 - gray, rng.integers(0, 256, gray.shape, dtype=np.uint8)])
+            Image.fromarray(rgba, "RGBA").save(root / label / f"rgba{i}.png")
+            Image.fromarray(gray.astype(np.uint16) * 200 + 1000).save(root / label / f"deep{i}.png")
+    return root
+
+
+def test_rgba_becomes_rgb_and_16_bit_is_windowed(odd_but_valid):
+    from shiftkit.data.readers import read_image
+
+    rgba = np.asarray(Image.open(odd_but_valid / "a" / "rgba0.png"))
+    assert rgba.shape[2] == 4 and Image.open(odd_but_valid / "a" / "deep0.png").mode.startswith("I;16")
+    rgb = read_image(odd_but_valid / "a" / "rgba0.png")
+    np.testing.assert_allclose(rgb, rgba[..., :3] / 255.0, atol=1e-6)  # alpha dropped, colours untouched
+    raw = np.asarray(Image.open(odd_but_valid / "a" / "deep0.png")).astype(np.float64)
+    low, high = np.percentile(raw, (0.5, 99.5))
+    windowed = read_image(odd_but_valid / "a" / "deep0.png")
+    np.testing.assert_allclose(windowed, np.clip((raw - low) / (high - low), 0, 1), atol=1e-5)
+    assert windowed.min() == 0.0 and windowed.max() == 1.0
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_rgba_and_16_bit_images_run_through_every_command(odd_but_valid, good, tmp_path, command):
+    result = run(command, odd_but_valid, tmp_path / "out", good)  # default policy: fail
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / REPORTS[command]).read_text())["skipped_images"] == []
+    assert "warning" not in result.output
+
+
+if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code
+    import tempfile
+
+    class _Skip(Exception):
+        pass
+
+    pytest.skip = lambda reason: (_ for _ in ()).throw(_Skip(reason))  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        for label, kind in (("a", "round"), ("b", "spiky")):
+            for i in range(5):
+                _png(base / "classes" / label / f"{label}{i}.png", seed=10 * i + len(label), kind=kind)
+        for i in range(5):
+            _png(base / "target" / f"t{i}.png", seed=100 + i, kind="oval")
+        fixture = Good(base / "classes", base / "target")
+        print("| bad input | command | exit | message |\n|---|---|---|---|")
+        for number, (name, case) in enumerate(CASES.items()):
+            for command in COMMANDS:
+                root = base / f"case{number}_{command}"
+                root.mkdir()
+                try:
+                    data, extra = case.build(root, fixture, command)
+                except _Skip as exc:
+                    print(f"| {name} | {command} | — | skipped: {exc} |")
+                    continue
+                result = run(command, data, root / "out", fixture, *extra)
+                text = " ".join(result.output.split()).replace(str(base), "…").replace("|", "\\|")
+                print(f"| {name} | {command} | {result.exit_code} | {text[:220] if result.exit_code else 'works'} |")

@@ -1,0 +1,242 @@
+"""Property-based tests (hypothesis) for manifest parsing and the paper's metrics (issue 8, point 1).
+
+Manifests: arbitrary label strings (commas, quotes, unicode, spaces, ``|`` multi-label), sites, spacing strings,
+relative and absolute paths, any column order, round-trip through ``csv`` and :func:`read_manifest`.
+Metrics: invariance to the order of samples, bounds, perfect predictions give 1, agreement with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from sklearn.metrics import average_precision_score, cohen_kappa_score, f1_score, roc_auc_score
+
+from shiftkit.data.table import read_manifest
+from shiftkit.errors import DataError
+from shiftkit.finetune.metrics import compute_metrics
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- manifests ---------------------------------------------------------------------------------------------------
+
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # any character UTF-8 can carry
+LABEL = ANY_TEXT.filter(lambda s: "|" not in s and s.strip())
+LABEL_FIELD = st.lists(LABEL, min_size=1, max_size=3).map(lambda parts: "|".join(parts)) | LABEL.map(
+    lambda s: f"  {s} ")
+NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\~"), min_size=1,
+               max_size=10).filter(lambda s: s.strip() not in ("", ".", ".."))
+SPACING = st.lists(st.floats(min_value=1e-3, max_value=1e3, allow_nan=False), min_size=1, max_size=3)
+SEPARATORS = st.sampled_from([",", "x", " ", ", ", " x "])
+
+
+def _expected_labels(text: str) -> tuple[str, ...]:
+    return tuple(sorted({part.strip() for part in text.split("|") if part.strip()}))
+
+
+def _csv(header: list[str], rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerows([header, *rows])
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("manifests")
+
+
+counter = itertools.count()
+
+
+@SETTINGS
+@given(
+    rows=st.lists(st.tuples(NAME, st.booleans(), LABEL_FIELD, ANY_TEXT, SPACING, SEPARATORS), min_size=1, max_size=6),
+    order=st.permutations(["path", "label", "site", "spacing", "note"]),
+    padded_header=st.booleans(),
+)
+def test_manifest_round_trip(manifest_dir, rows, order, padded_header):
+    folder = manifest_dir / f"m{next(counter)}"
+    folder.mkdir()
+    expected, body = [], []
+    for index, (name, absolute, label, site, spacing, separator) in enumerate(rows):
+        relative = f"sub/{index}_{name.strip()}.png"
+        raw = str(folder / relative) if absolute else relative
+        fields = {"path": f" {raw} " if index % 2 else raw, "label": label, "site": site,
+                  "spacing": separator.join(repr(v) for v in spacing), "note": "free, \"text\""}
+        body.append([fields[column] for column in order])
+        expected.append(((folder / relative).resolve(), _expected_labels(label), site.strip() or None,
+                         tuple(spacing)))
+    header = [f" {c} " if padded_header else c for c in order]
+    manifest = folder / "manifest.csv"
+    manifest.write_text(_csv(header, body), encoding="utf-8")
+
+    table = read_manifest(manifest)
+    assert [(r.path, r.labels, r.site, r.spacing) for r in table.records] == expected
+    assert table.classes == tuple(sorted({label for _, labels, _, _ in expected for label in labels}))
+    assert table.multilabel == any("|" in label.strip() for _, _, label, _, _, _ in rows)
+    assert table.labeled
+    assert [r.origin for r in table.records] == [f"manifest.csv row {i + 2}" for i in range(len(rows))]
+
+
+@SETTINGS
+@given(labels=st.lists(LABEL, min_size=2, max_size=5), blank=st.integers(0, 4),
+       whitespace=st.sampled_from(["", " ", "\t", " | "]))
+def test_a_blank_label_in_a_labelled_manifest_names_its_row(manifest_dir, labels, blank, whitespace):
+    blank %= len(labels)
+    folder = manifest_dir / f"b{next(counter)}"
+    folder.mkdir()
+    rows = [[f"{i}.png", whitespace if i == blank else label] for i, label in enumerate(labels)]
+    (folder / "m.csv").write_text(_csv(["path", "label"], rows), encoding="utf-8")
+    with pytest.raises(DataError, match=f"m.csv row {blank + 2}: empty label"):
+        read_manifest(folder / "m.csv")
+
+
+@SETTINGS
+@given(values=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=3))
+def test_spacing_must_be_positive_and_finite(manifest_dir, values):
+    assume(not all(np.isfinite(v) and v > 0 for v in values))
+    folder = manifest_dir / f"s{next(counter)}"
+    folder.mkdir()
+    (folder / "m.csv").write_text(_csv(["path", "label", "spacing"], [["a.png", "x", ",".join(map(repr, values))]]))
+    with pytest.raises(DataError, match="m.csv row 2: spacing"):
+        read_manifest(folder / "m.csv")
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------
+
+@st.composite
+def single_label_sets(draw, ties: bool = True):
+    """Targets in which every class occurs, and softmax probabilities (possibly tied) for them."""
+    classes = draw(st.integers(2, 4))
+    n = draw(st.integers(classes + 2, 30))
+    rest = draw(hnp.arrays(np.int64, n - classes, elements=st.integers(0, classes - 1)))
+    order = draw(st.permutations(range(n)))
+    targets = np.concatenate([np.arange(classes), rest])[list(order)]
+    elements = st.sampled_from([-1.0, 0.0, 1.0]) if ties and draw(st.booleans()) else \
+        st.floats(-6, 6, allow_nan=False, width=32)
+    logits = draw(hnp.arrays(np.float64, (n, classes), elements=elements))
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    return targets, probabilities / probabilities.sum(1, keepdims=True)
+
+
+@st.composite
+def multilabel_sets(draw):
+    labels = draw(st.integers(2, 4))
+    n = draw(st.integers(4, 30))
+    truth = draw(hnp.arrays(np.int64, (n, labels), elements=st.integers(0, 1)))
+    truth[0], truth[1] = 1, 0  # every label has a positive and a negative example
+    scores = draw(hnp.arrays(np.float64, (n, labels), elements=st.floats(0, 1, allow_nan=False, width=32)))
+    return truth.astype(np.float32), scores
+
+
+def _metrics(targets, probabilities, task):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compute_metrics(targets, probabilities, task)
+
+
+def _task(probabilities) -> str:
+    return "binary" if probabilities.shape[1] == 2 else "multiclass"
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] is None) == (b[key] is None), key
+        if a[key] is not None:
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+
+
+@SETTINGS
+@given(data=single_label_sets(), seed=st.integers(0, 2**32 - 1))
+def test_single_label_metrics_ignore_sample_order(data, seed):
+    targets, probabilities = data
+    order = np.random.default_rng(seed).permutation(len(targets))
+    task = _task(probabilities)
+    _close(_metrics(targets, probabilities, task), _metrics(targets[order], probabilities[order], task))
+
+
+@SETTINGS
+@given(data=multilabel_sets(), seed=st.integers(0, 2**32 - 1))
+def test_multilabel_metrics_ignore_sample_order(data, seed):
+    truth, scores = data
+    order = np.random.default_rng(seed).permutation(len(truth))
+    _close(_metrics(truth, scores, "multilabel"), _metrics(truth[order], scores[order], "multilabel"))
+
+
+@SETTINGS
+@given(data=single_label_sets() | multilabel_sets())
+def test_metrics_are_within_their_bounds(data):
+    targets, scores = data
+    task = "multilabel" if targets.ndim == 2 else _task(scores)
+    metrics = _metrics(targets, scores, task)
+    for name in ("map", "accuracy", "auroc", "f1"):
+        assert metrics[name] is not None and 0.0 <= metrics[name] <= 1.0, name
+    assert metrics["kappa"] is None or -1.0 <= metrics["kappa"] <= 1.0
+
+
+@SETTINGS
+@given(data=single_label_sets(), confidence=st.floats(0.51, 1.0))
+def test_perfect_predictions_score_one(data, confidence):
+    targets, _ = data
+    classes = int(targets.max()) + 1
+    probabilities = np.full((len(targets), classes), (1 - confidence) / (classes - 1))
+    probabilities[np.arange(len(targets)), targets] = confidence
+    assert _metrics(targets, probabilities, _task(probabilities)) == pytest.approx(
+        {"map": 1.0, "accuracy": 1.0, "auroc": 1.0, "kappa": 1.0, "f1": 1.0})
+
+
+@SETTINGS
+@given(data=multilabel_sets())
+def test_perfect_multilabel_predictions_score_one(data):
+    truth, _ = data
+    scores = np.where(truth > 0, 0.9, 0.1)
+    assert _metrics(truth, scores, "multilabel") == pytest.approx(
+        {"map": 1.0, "accuracy": 1.0, "auroc": 1.0, "kappa": 1.0, "f1": 1.0})
+
+
+@SETTINGS
+@given(data=single_label_sets())
+def test_single_label_metrics_agree_with_scikit_learn(data):
+    targets, probabilities = data
+    n, classes = probabilities.shape
+    predicted = probabilities.argmax(1)
+    onehot = np.eye(classes)[targets]
+    metrics = _metrics(targets, probabilities, _task(probabilities))
+    if classes == 2:
+        auroc = roc_auc_score(targets, probabilities[:, 1])
+    else:
+        auroc = roc_auc_score(targets, probabilities, multi_class="ovr", average="macro")
+    errors = int((predicted != targets).sum())
+    assert metrics["auroc"] == pytest.approx(auroc)
+    assert metrics["map"] == pytest.approx(average_precision_score(onehot, probabilities, average="macro"))
+    # eq. 6: each error is a false negative for its class and a false positive for the predicted one
+    assert metrics["accuracy"] == pytest.approx(1 - 2 * errors / (n * classes))
+    assert metrics["f1"] == pytest.approx(f1_score(targets, predicted, labels=list(range(classes)), average="macro",
+                                                   zero_division=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = cohen_kappa_score(targets, predicted, labels=list(range(classes)))
+    assert (metrics["kappa"] is None) == (not np.isfinite(kappa))
+    if metrics["kappa"] is not None:
+        assert metrics["kappa"] == pytest.approx(kappa)
+
+
+@SETTINGS
+@given(data=multilabel_sets())
+def test_multilabel_metrics_agree_with_scikit_learn(data):
+    truth, scores = data
+    predicted = (scores >= 0.5).astype(int)
+    metrics = _metrics(truth, scores, "multilabel")
+    assert metrics["map"] == pytest.approx(average_precision_score(truth, scores, average="macro"))
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(truth, scores, average="macro"))
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(truth == predicted)))
+    assert metrics["f1"] == pytest.approx(f1_score(truth, predicted, average="macro", zero_division=0))
