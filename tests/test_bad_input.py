@@ -27,7 +27,7 @@ from shiftkit.data.synthetic import make_image
 
 runner = CliRunner()
 
-# --batch-size 64: one training batch per epoch (a last batch of one image hits a trainer bug, see the xfail test)
+# --batch-size 64: one training batch per epoch
 FINETUNE = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "64",
             "--device", "cpu"]
 DIAGNOSE = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--permutations", "20",
@@ -368,9 +368,6 @@ def test_a_file_without_read_permission_is_named_even_when_running_as_root(monke
         read_image(path)
 
 
-@pytest.mark.xfail(reason="trainer bug (not data layer): a last training batch of one image makes BatchNorm raise "
-                          "'Expected more than 1 value per channel' with a traceback; needs drop_last or merging it",
-                   strict=False)
 def test_a_training_set_one_image_past_a_full_batch_trains(good, tmp_path):
     data = _manifest(tmp_path / "m.csv", _good_rows(good))  # 10 images, --val given: 10 train = 9 + 1
     val = _manifest(tmp_path / "val.csv", [(good.images("a")[0], "a"), (good.images("b")[0], "b")])
@@ -378,8 +375,6 @@ def test_a_training_set_one_image_past_a_full_batch_trains(good, tmp_path):
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.xfail(reason="concept.py bug (not data layer): _pca asks for 32 components of fewer pooled labelled "
-                          "images (ValueError traceback); clamp n_components to the number of samples", strict=False)
 def test_small_labelled_domains_get_a_concept_result_or_a_clear_line(good, tmp_path):
     result = runner.invoke(app, [str(a) for a in ["diagnose", good.classes, good.classes, "--out", tmp_path / "out",
                                                   *DIAGNOSE]])

@@ -209,3 +209,17 @@ def test_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")) is None  # fp32 on CPU
+
+
+@pytest.mark.parametrize("n, batch, shuffle, sizes", [
+    (9, 8, True, [9]),  # a training batch of one image would break BatchNorm: it joins the batch before
+    (17, 8, True, [8, 9]),
+    (9, 8, False, [8, 1]),  # evaluation (BN in eval mode) keeps it
+    (10, 8, True, [8, 2]),
+    (1, 8, True, [1]),
+])
+def test_a_last_training_batch_of_one_image_joins_the_previous_batch(n, batch, shuffle, sizes):
+    sampler = GlobalBatchSampler(n, batch, SINGLE, shuffle)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == sizes and len(sampler) == len(sizes)
+    assert sorted(i for b in batches for i in b) == list(range(n))

@@ -24,7 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from shiftkit.data.synthetic import CLASSES, make_image
-from shiftkit.io import write_text
+from shiftkit.io import atomic_write, write_text
 
 SOURCE_SIZE = 64
 
@@ -66,8 +66,7 @@ def acquire_at_hospital_b(image: np.ndarray, shift: PlantedShift, rng: np.random
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def write_hospitals(out: str | Path, n_source: int = 180, n_target: int = 150, seed: int = 0,

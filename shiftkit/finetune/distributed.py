@@ -127,16 +127,23 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def set_epoch(self, seed: int) -> None:
         self.seed = seed
 
+    def _merges_last(self) -> bool:
+        # A training batch of one image gives BatchNorm no batch statistics: it joins the batch before it.
+        return self.shuffle and self.n > self.batch_size and self.n % self.batch_size == 1
+
     def global_batches(self) -> list[torch.Tensor]:
         order = seeded_order(self.n, self.seed) if self.shuffle else torch.arange(self.n)
-        return list(order.split(self.batch_size))
+        batches = list(order.split(self.batch_size))
+        if self._merges_last():
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         for chunk in self.global_batches():
             yield rank_slice(chunk, self.ctx).tolist()
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return -(-self.n // self.batch_size) - int(self._merges_last())
 
 
 # -- collectives -----------------------------------------------------------------------------------------

@@ -243,11 +243,12 @@ def _permute_within(strata: np.ndarray, d: np.ndarray, rng: np.random.Generator)
 
 
 def _pca(z: np.ndarray, max_dim: int, seed: int) -> np.ndarray:
-    if z.shape[1] <= max_dim:
+    dim = min(max_dim, z.shape[0])  # PCA has at most as many components as images
+    if z.shape[1] <= dim:
         return z
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=max_dim, random_state=seed).fit_transform(z)
+    return PCA(n_components=dim, random_state=seed).fit_transform(z)
 
 
 # ----------------------------------------------------------------------------------------------------------------
