@@ -158,3 +158,26 @@ def test_privacy_helpers():
     scrubbed = scrub_path(message, "/data/DOE^JOHN/1.dcm")
     assert "DOE" not in scrubbed and "1.dcm" not in scrubbed and anonymize_path("/data/DOE^JOHN/1.dcm") in scrubbed
     assert scrub_text("Patient DOE^JOHN, ID 123", ["DOE^JOHN", "123", ""]) == "Patient [removed], ID [removed]"
+
+
+def test_harmonize_and_audit_outputs_carry_no_header_identifiers(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = ["path,label,site"]
+    for site, kind in (("north", "round"), ("south", "spiky")):
+        (tmp_path / site).mkdir()
+        for i in range(10):
+            _write_dicom(tmp_path / site / f"{i}.dcm", make_image(kind, 32, rng).astype(np.int16) * 8 - 300)
+            rows.append(f"{site}/{i}.dcm,{'ab'[i % 2]},{site}")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    fast = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--permutations", "20",
+            "--device", "cpu"]
+    harmonize = runner.invoke(app, ["harmonize", str(tmp_path / "south"), "--method", "zscore", "--reference",
+                                    str(tmp_path / "north"), "--out", str(tmp_path / "harmonized"), *fast])
+    assert harmonize.exit_code == 0, harmonize.output
+    audit = runner.invoke(app, ["audit", str(tmp_path / "all.csv"), "--site-column", "site", "--label-column",
+                                "label", "--out", str(tmp_path / "audit"), *fast])
+    assert audit.exit_code == 0, audit.output
+    assert list((tmp_path / "harmonized").glob("*.mha"))  # the harmonized images themselves are searched too
+    for out, console in ((tmp_path / "harmonized", harmonize.output), (tmp_path / "audit", audit.output)):
+        for tag, identifier in HEADER_IDENTIFIERS.items():
+            assert _found(identifier, out, out, console) == [], f"{PATIENT_TAGS[tag]} leaked into {out.name}"
