@@ -298,3 +298,20 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     assert "nowhere" in line
     line = error_line(runner.invoke(app, ["combat", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.csv")]))
     assert "missing.csv" in line
+
+
+def test_cli_never_harmonizes_a_numeric_identifier_column(tmp_path):
+    features, sites, age = planted(per_site=40)
+    source = tmp_path / "radiomics.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "site", *[f"original_f{i}" for i in range(features.shape[1])]])
+        for i, row in enumerate(features):
+            writer.writerow([100000 + i, sites[i], *[repr(float(v)) for v in row]])
+    out = tmp_path / "harmonized.csv"
+    result = runner.invoke(app, ["combat", str(source), "--site-column", "site", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    header, rows = read_csv(out)
+    assert [r[0] for r in rows] == [str(100000 + i) for i in range(len(features))]
+    model = json.loads((tmp_path / "harmonized.combat.json").read_text())
+    assert "patient_id" not in model["extra"]["features"]

@@ -214,3 +214,16 @@ def test_cli_adapt_bn_errors_exit_2_with_one_line(finetuned, phantom_dir, phanto
     (other / "zebra" / "a.png").write_bytes(next(phantom_test_dir.rglob("*.png")).read_bytes())
     assert "zebra" in error_line(run(finetuned, other, "--out", tmp_path / "o"))
     assert not (tmp_path / "o").exists()  # nothing written on errors
+
+
+def test_a_failed_adabn_leaves_the_running_statistics_as_they_were():
+    from shiftkit.errors import DataError
+    from shiftkit.harmonize.bn import adapt_bn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model[1].running_mean.fill_(5.0)
+    model[1].running_var.fill_(2.0)
+    with pytest.raises(DataError, match="at least 2"):
+        adapt_bn(model, [torch.randn(1, 3)], "adabn")  # no batch of two: nothing to estimate from
+    assert torch.equal(model[1].running_mean, torch.full((4,), 5.0))
+    assert torch.equal(model[1].running_var, torch.full((4,), 2.0))

@@ -27,10 +27,9 @@ from scipy import stats as sps
 
 from shiftkit.audit.corrections import adjust_p_values
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.harmonize.combat import ID_NAMES
 
 IGNORED_PREFIXES = ("diagnostics_",)
-ID_NAMES = {"id", "patient", "patient_id", "patientid", "subject", "subject_id", "case", "case_id", "image", "mask",
-            "path", "lesion_id", "image_id"}
 MIN_ROWS_PER_SITE = 3
 DOMINANCE = 0.26
 

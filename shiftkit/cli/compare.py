@@ -177,7 +177,7 @@ def _grid(settings, plan, out, shard, report_only, metrics, archs, strategies, s
     console.print(f"wrote {out / 'compare.md'}, compare.json, compare.html and plots/")
 
 
-def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result) -> dict:
+def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, search_seed: int) -> dict:
     """How the search's winner fares in the full grid recorded in ``out`` (if any), and the cost ratio."""
     plan = plan_grid([arch], strategies, lrs, range(seeds))
     try:
@@ -195,6 +195,9 @@ def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, resul
     winner = table.winner(arch)
     found = result.winner.strategy
     grid_epochs = sum(r["epochs_run"] for r in outcome.records)
+    # The search trains one seed; the grid trains every seed. Report both ratios, so neither flatters it.
+    seed_epochs = sum(r["epochs_run"] for r in outcome.records if r["seed"] == search_seed)
+    winner_value, found_value = table.value(winner, arch, main), table.value(found, arch, main)
     val_means = {s: c["val_means"][f"{c['lr']:g}"] for (a, s), c in table.chosen.items() if a == arch}
     val_winner = max((s for s in strategies if val_means.get(s) is not None), key=val_means.get, default=None)
     return {
@@ -205,12 +208,13 @@ def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, resul
         "found_grid_winner": found == winner,
         "search_winner_rank_in_grid": ordered.index(found) + 1 if found in ordered else None,
         "metric": f"{table.split} {main}",
-        "grid_winner_value": table.value(winner, arch, main),
-        "search_winner_value": table.value(found, arch, main),
-        "gap": (table.value(winner, arch, main) - table.value(found, arch, main))
-        if table.value(found, arch, main) is not None else None,
+        "grid_winner_value": winner_value,
+        "search_winner_value": found_value,
+        "gap": winner_value - found_value if None not in (winner_value, found_value) else None,
         "grid_epochs": grid_epochs,
         "cost_fraction": result.epochs_run / grid_epochs if grid_epochs else None,
+        "grid_epochs_search_seed": seed_epochs,
+        "cost_fraction_of_one_seed": result.epochs_run / seed_epochs if seed_epochs else None,
         "grid_wall_seconds": sum(r["seconds"] for r in outcome.records),
     }
 
@@ -243,7 +247,7 @@ def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets,
                 progress.console.print(f"rung {index + 1}/{len(rungs)}: {n} arms to {budget} epochs")
 
             result = successive_halving(arms, tracked, rungs, eta, ranking, max_arms, on_rung=on_rung)
-        comparison = _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result)
+        comparison = _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, seed)
         report["archs"][arch] = {**result.to_dict(), "ranking_source": source, "comparison": comparison}
         console.print(f"{arch}: search winner [bold]{result.winner.label()}[/] after {result.epochs_run} epochs "
                       f"({result.wall_seconds:.0f} s)")
@@ -252,7 +256,9 @@ def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets,
             console.print(f"  {verdict} the grid's winner {comparison['grid_winner']} (search winner ranks "
                           f"{comparison['search_winner_rank_in_grid']} on {comparison['metric']}, gap "
                           f"{100 * (comparison['gap'] or 0):.2f} points) at {100 * comparison['cost_fraction']:.0f} % "
-                          f"of the grid's {comparison['grid_epochs']} epochs")
+                          f"of the grid's {comparison['grid_epochs']} epochs (all seeds; "
+                          f"{100 * (comparison['cost_fraction_of_one_seed'] or 0):.0f} % of its "
+                          f"{comparison['grid_epochs_search_seed']} epochs for the search's seed)")
         else:
             console.print(f"  no grid in {out} to check against; {100 * comparison['cost_fraction_of_upper_bound']:.0f} "
                           f"% of the full grid's at most {comparison['grid_epochs_upper_bound']} epochs")

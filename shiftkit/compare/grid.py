@@ -144,6 +144,8 @@ def parse_lrs(text: str) -> list[float]:
             raise ConfigError(f"--lrs: '{item}' is not a number (e.g. --lrs 1e-3,1e-4,1e-5)") from None
         if not value > 0 or value != value or value == float("inf"):
             raise ConfigError(f"--lrs: learning rates must be positive numbers (got '{item}')")
+        if any(f"{v:g}" == f"{value:g}" for v in values):  # run folders and ids name a rate by its %g form
+            raise ConfigError(f"--lrs: '{item}' repeats a learning rate (or equals one to 6 significant digits)")
         values.append(value)
     return values
 
@@ -219,7 +221,9 @@ def read_records(out: Path) -> list[dict]:
     """Every finished run recorded in ``out`` (``runs.jsonl`` and all shard files), first occurrence wins."""
     seen: dict[str, dict] = {}
     for path in sorted(out.glob("runs*.jsonl")):
-        for record in _read_lines(path)[0]:
+        for number, record in enumerate(_read_lines(path)[0], start=1):
+            if not isinstance(record, dict) or "run_id" not in record:
+                raise DataError(f"{path}: record {number} has no 'run_id' (was the file edited by hand?)")
             seen.setdefault(record["run_id"], record)
     return list(seen.values())
 

@@ -137,12 +137,14 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         },
         dist=ctx,
     )
-    resumed = request.resume and trainer.resume()
-    summary = trainer.fit()
-    trainer.load_best()
-    val_metrics = trainer.evaluate(datasets["val"])
-    test_metrics = trainer.evaluate(datasets["test"]) if "test" in datasets else None
-    trainer.close()
+    try:  # stop loader workers even when training stops early by an exception (e.g. a search's budget)
+        resumed = request.resume and trainer.resume()
+        summary = trainer.fit()
+        trainer.load_best()
+        val_metrics = trainer.evaluate(datasets["val"])
+        test_metrics = trainer.evaluate(datasets["test"]) if "test" in datasets else None
+    finally:
+        trainer.close()
     result = {
         "strategy": cfg.strategy,
         "arch": request.arch,

@@ -88,6 +88,8 @@ def _reestimate(model: nn.Module, layers, batches, inputs, device, on_batch) -> 
     """AdaBN: reset the running statistics and average them over the target batches (equal weight per batch,
     PyTorch's ``momentum=None``). Batches of one image are skipped (no variance). Returns the images used."""
     momenta = [module.momentum for _, module in layers]
+    saved = [{k: v.clone() for k, v in module.state_dict().items() if k.startswith(("running_", "num_batches"))}
+             for _, module in layers]  # put back if adaptation fails: never leave reset statistics behind
     training = model.training
     used = 0
     try:
@@ -102,12 +104,16 @@ def _reestimate(model: nn.Module, layers, batches, inputs, device, on_batch) -> 
                 used += len(x)
             if on_batch:
                 on_batch()
+        if used == 0:
+            raise DataError("no target batch had two or more images; AdaBN needs batches of at least 2")
+    except BaseException:
+        for (_, module), state in zip(layers, saved):
+            module.load_state_dict(state, strict=False)
+        raise
     finally:
         for (_, module), momentum in zip(layers, momenta):
             module.momentum = momentum
         model.train(training)
-    if used == 0:
-        raise DataError("no target batch had two or more images; AdaBN needs batches of at least 2")
     return used
 
 

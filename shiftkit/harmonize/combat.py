@@ -568,14 +568,20 @@ def parse_covariates(text: str | None) -> list[tuple[str, str | None]]:
     return out
 
 
+# Identifier columns (numeric IDs included) are never features: harmonizing them would corrupt them.
+ID_NAMES = {"id", "patient", "patient_id", "patientid", "subject", "subject_id", "case", "case_id", "image", "mask",
+            "path", "lesion_id", "image_id"}
+
+
 def feature_columns(table: FeatureTable, excluded: set[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Numeric columns that are not ``excluded`` and match none of ``patterns`` (fnmatch); also returns the
-    other columns, which pass through unchanged."""
+    """Numeric columns that are not ``excluded``, not identifiers (:data:`ID_NAMES`) and match none of
+    ``patterns`` (fnmatch); also returns the other columns, which pass through unchanged."""
     from fnmatch import fnmatch
 
     features, others = [], []
     for name in table.header:
-        if name in excluded or any(fnmatch(name, p) for p in patterns) or not _is_numeric(table.column(name)):
+        if (name in excluded or name.lower() in ID_NAMES or any(fnmatch(name, p) for p in patterns)
+                or not _is_numeric(table.column(name))):
             others.append(name)
         else:
             features.append(name)

@@ -3,8 +3,8 @@
 Three methods, each a :class:`Harmonizer` (``fit`` on source images, ``transform`` one target image, ``save`` /
 ``load`` as a small JSON file that round-trips exactly):
 
-- :class:`HistogramMatching` -- SimpleITK's ``HistogramMatchingImageFilter`` against the source domain's pooled
-  intensity quantiles, with many match points (default 100; SimpleITK's own default is 1, which only matches the
+- :class:`HistogramMatching` -- SimpleITK's ``HistogramMatchingImageFilter`` against the source domain's typical
+  image (the mean of the source images' quantile functions; ``reference="pooled"`` uses all source pixels), with many match points (default 100; SimpleITK's own default is 1, which only matches the
   mean);
 - :class:`NyulStandardization` -- Nyúl & Udupa (2000) piecewise-linear standardization: landmarks (1st, 10th,
   ..., 90th, 99th percentiles) learned on the source, as TorchIO's ``HistogramStandardization`` does;
