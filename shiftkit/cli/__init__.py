@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from shiftkit.cli.diagnose import diagnose
-from shiftkit.cli.finetune import finetune
-# other command imports (one line each)
-from shiftkit.cli.audit import audit
-from shiftkit.cli.harmonize import harmonize
-from shiftkit.cli.demo import demo
-from shiftkit.cli.recommend import recommend
 from shiftkit.cli.adapt_bn import adapt_bn
+from shiftkit.cli.audit import audit
 from shiftkit.cli.combat import combat
 from shiftkit.cli.compare import compare
+from shiftkit.cli.demo import demo
+from shiftkit.cli.diagnose import diagnose
+from shiftkit.cli.finetune import finetune
+from shiftkit.cli.harmonize import harmonize
+from shiftkit.cli.recommend import recommend
 
 app = typer.Typer(
     name="shiftkit",
@@ -22,16 +21,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(finetune)
-app.command()(diagnose)
-# other command registrations (one line each)
-app.command()(audit)
-app.command()(harmonize)
+# In the order a user meets them: the demo, measure, fix at the input, choose and run a strategy, many sites.
 app.command()(demo)
-app.command()(recommend)
+app.command()(diagnose)
+app.command()(harmonize)
 app.command("adapt-bn")(adapt_bn)
 app.command()(combat)
+app.command()(recommend)
+app.command()(finetune)
 app.command()(compare)
+app.command()(audit)
 
 
 @app.callback()
