@@ -332,7 +332,8 @@ def features_html(audit: FeaturesAudit, figure: bytes) -> str:
     page.paragraph(f"{len(audit.table.sites)} rows from {len(names)} sites ("
                    + ", ".join(f"{s}: {c}" for s, c in zip(names, counts)) + f"), {len(audit.table.names)} features; "
                    f"{len(audit.table.ignored)} diagnostics/text columns ignored.")
-    rows = [["site-affected features (BH q < alpha)", len(before.affected), len(after.affected) if after else None],
+    correction = audit.settings["correction"]
+    rows = [[f"site-affected features ({correction}-adjusted p < {audit.settings['alpha']})", len(before.affected), len(after.affected) if after else None],
             [f"site-dominated (also epsilon² ≥ {before.dominance})", len(before.dominated),
              len(after.dominated) if after else None],
             ["site classifier balanced accuracy", before.classifier.get("balanced_accuracy"),
@@ -340,13 +341,14 @@ def features_html(audit: FeaturesAudit, figure: bytes) -> str:
             ["chance", before.classifier.get("chance"), after.classifier.get("chance") if after else None]]
     page.table(["", "before", "after ComBat"], rows)
     if after is None:
-        page.paragraph(f"ComBat: {audit.combat.get('not_run', 'not requested')}.", "note")
+        page.paragraph("ComBat: not requested (--no-combat).", "note")
     else:
         page.paragraph(f"ComBat preserved the covariates: {', '.join(audit.combat['preserved_covariates']) or 'none'}.",
                        "note")
     page.image(figure, "effect sizes")
     page.heading("Per feature")
-    header = ["feature", "H", "p", "BH q", "epsilon²", "dominated"] + (["q after", "epsilon² after"] if after else [])
+    header = (["feature", "H", "p", f"{correction}-adjusted p", "epsilon²", "dominated"]
+              + (["adjusted p after", "epsilon² after"] if after else []))
     order = np.argsort([f["p_value"] for f in before.features], kind="stable")
     table_rows = []
     for i in order:
@@ -380,4 +382,4 @@ def print_features_summary(audit: FeaturesAudit, console: Console) -> None:
     table.add_row("chance", fmt(before.classifier.get("chance")), fmt(before.classifier.get("chance")))
     console.print(table)
     if after is None:
-        console.print(f"ComBat: {audit.combat.get('not_run', 'not requested')}")
+        console.print("ComBat: not requested (--no-combat)")
