@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
-from shiftkit.cli.progress import make_progress
+from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 
 
@@ -78,18 +78,8 @@ def audit(
         harmonized_dir=out / "harmonized" if harmonize else None, seed=seed,
     )
     with make_progress(err_console) as progress:
-        state: dict = {}
-
-        def on_stage(description: str, total: int):
-            task = progress.add_task(description, total=total, status="")
-            return lambda: progress.advance(task)
-
-        def on_step(description: str):
-            if "task" in state:
-                progress.remove_task(state["task"])
-            state["task"] = progress.add_task(description, total=None, status="")
-
-        result = run_audit(request, on_stage=on_stage, on_step=on_step)
+        stages = StageProgress(progress)
+        result = run_audit(request, on_stage=stages.stage, on_step=stages.step)
     write_image_report(result, out)
     print_image_summary(result, console)
     console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")

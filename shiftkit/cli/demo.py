@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, user_errors
-from shiftkit.cli.progress import EpochProgress, make_progress
+from shiftkit.cli.progress import EpochProgress, StageProgress, make_progress
 
 
 def _found_table(summary: dict) -> Table:
@@ -59,23 +59,13 @@ def demo(
     request = DemoRequest(out=out, seed=seed, epochs=epochs, device=device)
     with make_progress(err_console) as progress:
         trainer = EpochProgress(progress, epochs)
-        state: dict = {}
-
-        def on_stage(description: str, total: int):
-            task = progress.add_task(description, total=total, status="")
-            return lambda: progress.advance(task)
-
-        def on_step(description: str) -> None:
-            if "task" in state:
-                progress.remove_task(state["task"])
-            state["task"] = progress.add_task(description, total=None, status="")
+        stages = StageProgress(progress)
 
         def on_phase(description: str) -> None:
-            if "task" in state:
-                progress.remove_task(state.pop("task"))
+            stages.end_step()
             progress.console.print(f"[bold cyan]{description}[/]")
 
-        summary = run_demo(request, DemoHooks(on_stage=on_stage, on_step=on_step, trainer=trainer,
+        summary = run_demo(request, DemoHooks(on_stage=stages.stage, on_step=stages.step, trainer=trainer,
                                               on_phase=on_phase))
     console.print(_found_table(summary))
     console.print(_recommendation_table(summary))

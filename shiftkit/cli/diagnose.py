@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
-from shiftkit.cli.progress import make_progress
+from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.shift.diagnose import COVARIATE_TESTS, DiagnoseRequest, run_diagnose
 
@@ -52,18 +52,8 @@ def diagnose(
     from shiftkit.report.diagnose import print_summary, write_report
 
     with make_progress(err_console) as progress:
-        state = {}
-
-        def on_stage(description: str, total: int):
-            task = progress.add_task(description, total=total, status="")
-            return lambda: progress.advance(task)
-
-        def on_step(description: str):
-            if "task" in state:
-                progress.remove_task(state["task"])
-            state["task"] = progress.add_task(description, total=None, status="")
-
-        profile, data = run_diagnose(request, on_stage=on_stage, on_step=on_step)
+        stages = StageProgress(progress)
+        profile, data = run_diagnose(request, on_stage=stages.stage, on_step=stages.step)
     report = write_report(profile, data, out, domain=domain)
     warn_skipped(report["skipped_images"], "report.json")
     print_summary(profile, console)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
-from shiftkit.cli.progress import make_progress
+from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError
 from shiftkit.harmonize.apply import HarmonizeRequest, MeasureSettings, run_harmonize
@@ -196,12 +196,7 @@ def harmonize(
                                  read_options=ReadOptions(window=parse_window(window), slice_index=slice_index)),
     )
     with make_progress(err_console) as progress:
-
-        def on_stage(description: str, total: int):
-            task = progress.add_task(description, total=total or None, status="")
-            return lambda: progress.advance(task)
-
-        report = run_harmonize(request, on_stage=on_stage)
+        report = run_harmonize(request, on_stage=StageProgress(progress).stage)
         html = write_html(report, out, seed)
     print_shift(report)
     console.print(f"wrote {report['n_images']} images, {out / 'manifest.csv'}, {report['harmonizer']}, "

@@ -53,3 +53,25 @@ class EpochProgress:
         self.progress.remove_task(self.task)
         self.progress.console.print(f"epoch {entry['epoch']}/{self.epochs}  {status}  ({entry['seconds']:.1f} s)",
                                     highlight=False)
+
+
+class StageProgress:
+    """The library's two progress hooks on a rich Progress: ``stage`` (a bar of known length; returns its
+    ``advance``) and ``step`` (a spinner naming what runs now, replacing the previous one)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._step = None
+
+    def stage(self, description: str, total: int):
+        task = self.progress.add_task(description, total=total or None, status="")
+        return lambda: self.progress.advance(task)
+
+    def step(self, description: str) -> None:
+        self.end_step()
+        self._step = self.progress.add_task(description, total=None, status="")
+
+    def end_step(self) -> None:
+        if self._step is not None:
+            self.progress.remove_task(self._step)
+            self._step = None
