@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from shiftkit.audit.images import ImageAudit
 from shiftkit.audit.matrix import MEASURE_NAMES, ShiftMatrix
 from shiftkit.io import write_json, write_text
 from shiftkit.report.html import Page
+from shiftkit.report.plots import figure_png
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,13 +28,6 @@ HEATMAPS = (("mmd", "statistic", "MMD² (PCA embeddings)"), ("domain_classifier"
 
 
 # ------------------------------------------------------------------------------------------------------- plots
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def heatmap_png(panels: list[tuple[str, np.ndarray, np.ndarray | None]], sites: list[str]) -> bytes:
@@ -61,7 +54,7 @@ def heatmap_png(panels: list[tuple[str, np.ndarray, np.ndarray | None]], sites: 
                         ax.text(j, i, f"{grid[i, j]:.3g}{star}", ha="center", va="center", fontsize=7,
                                 color="black" if bright else "white")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def site_scatter_png(panels: list[tuple[str, np.ndarray]], sites: np.ndarray, seed: int = 0) -> bytes:
@@ -82,7 +75,7 @@ def site_scatter_png(panels: list[tuple[str, np.ndarray]], sites: np.ndarray, se
         ax.set_ylabel("PC 2")
         ax.set_title(title, fontsize=9)
     axes[0][0].legend(fontsize=7, markerscale=2)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def priors_png(labels: dict) -> bytes:
@@ -105,7 +98,7 @@ def priors_png(labels: dict) -> bytes:
     ax.set_ylabel("class prior")
     ax.set_title("Actual priors per site (bars); estimated from the other sites' classifier (black ticks)", fontsize=9)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
@@ -122,7 +115,7 @@ def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
     ax.set_xticks(x, [before[i]["feature"] for i in order], rotation=90, fontsize=6)
     ax.set_ylabel("epsilon² (site effect)")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 # -------------------------------------------------------------------------------------------------- image audit

@@ -64,7 +64,7 @@ def _pixel_sample(table, seed: int, images: int = 32, per_image: int = 2000) -> 
 
 
 def _histograms(samples: dict[str, np.ndarray | None]) -> bytes:
-    from shiftkit.report.plots import _png, plt
+    from shiftkit.report.plots import figure_png, plt
 
     present = {k: v for k, v in samples.items() if v is not None}
     channels = min(v.shape[1] for v in present.values())
@@ -80,12 +80,12 @@ def _histograms(samples: dict[str, np.ndarray | None]) -> bytes:
         ax.set_title(names[c])
         ax.set_xlabel("stored intensity")
     axes[0][0].legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _examples(before, after, count: int = 4) -> bytes:
     from shiftkit.data.readers import read_image
-    from shiftkit.report.plots import _png, plt
+    from shiftkit.report.plots import figure_png, plt
 
     count = min(count, len(before))
     fig, axes = plt.subplots(2, count, figsize=(2.4 * count, 5), squeeze=False)
@@ -95,7 +95,7 @@ def _examples(before, after, count: int = 4) -> bytes:
             axes[row][i].imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
             axes[row][i].set_title(f"{name}: {table.records[i].path.name}", fontsize=7)
             axes[row][i].axis("off")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def write_html(report: dict, out: Path, seed: int) -> Path:

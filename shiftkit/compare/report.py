@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -16,12 +15,14 @@ from shiftkit.compare.tables import (  # noqa: E402
     CompareTable,
     effectiveness,
     effectiveness_markdown,
-    format_cell,
+    marked_rows,
+    table_header,
     relative_improvement,
     table_markdown,
 )
 from shiftkit.io import atomic_write, write_json, write_text  # noqa: E402
 from shiftkit.report.html import Page  # noqa: E402
+from shiftkit.report.plots import figure_png  # noqa: E402
 
 
 def relative_bars(changes: dict[str, float | None], arch: str, metric: str) -> bytes:
@@ -38,10 +39,7 @@ def relative_bars(changes: dict[str, float | None], arch: str, metric: str) -> b
     ax.set_title(f"{arch}: relative {metric} over full fine-tuning")
     for x, v in enumerate(values):
         ax.annotate(f"{v:+.1f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def compare_summary(table: CompareTable) -> dict:
@@ -113,19 +111,8 @@ def _html(table: CompareTable, summary: dict, plots: dict[str, bytes]) -> str:
     page = Page("Fine-tuning strategies compared")
     for note in _notes(table, summary):
         page.paragraph(note.replace("**", "").replace("<u>", "").replace("</u>", ""), "note")
-    header = ["Method"] + [f"{a} {m}" for a in table.archs for m in table.metrics]
-    rows = []
-    for s in table.strategies:
-        row = [s]
-        for a in table.archs:
-            for m in table.metrics:
-                text = format_cell(table.cells.get((s, a, m)))
-                if s in table.best.get((a, m), ()):
-                    text += " ★"
-                if len(table.archs) > 1 and (a, s) in table.overall_best.get(m, ()):
-                    text += " (overall best)"
-                row.append(text)
-        rows.append(row)
+    header = table_header(table)
+    rows = marked_rows(table, lambda text: text + " ★", lambda text: text + " (overall best)")
     page.heading(f"Mean (SE) over seeds, {table.split} split, percent (★ best in column)")
     page.table(header, rows)
     page.heading("Chosen learning rates (best mean validation " + table.main_metric + ")")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from shiftkit.errors import DataError
 
@@ -198,23 +198,35 @@ def format_cell(cell: Cell | None) -> str:
     return f"{100 * cell.mean:.2f} ({se})"
 
 
-def table_markdown(table: CompareTable) -> str:
-    """Rows strategies, columns arch × metric; **bold** = best in the column, <u>underlined</u> = best over
-    all architectures for that metric (as in the paper)."""
-    header = ["Method"] + [f"{a} {m}" for a in table.archs for m in table.metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+def table_header(table: CompareTable) -> list[str]:
+    return ["Method"] + [f"{a} {m}" for a in table.archs for m in table.metrics]
+
+
+def marked_rows(table: CompareTable, best: Callable[[str], str], overall: Callable[[str], str]) -> list[list[str]]:
+    """The table's rows as text, each cell passed through ``best`` when it is the best in its column and
+    through ``overall`` when it is the best over all architectures for its metric."""
+    rows = []
     for s in table.strategies:
         row = [s]
         for a in table.archs:
             for m in table.metrics:
                 text = format_cell(table.cells.get((s, a, m)))
                 if s in table.best.get((a, m), ()):
-                    text = f"**{text}**"
-                if (a, s) in table.overall_best.get(m, ()) and len(table.archs) > 1:
-                    text = f"<u>{text}</u>"
+                    text = best(text)
+                if len(table.archs) > 1 and (a, s) in table.overall_best.get(m, ()):
+                    text = overall(text)
                 row.append(text)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return rows
+
+
+def table_markdown(table: CompareTable) -> str:
+    """Rows strategies, columns arch × metric; **bold** = best in the column, <u>underlined</u> = best over
+    all architectures for that metric (as in the paper)."""
+    header = table_header(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    rows = marked_rows(table, lambda text: f"**{text}**", lambda text: f"<u>{text}</u>")
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def effectiveness_markdown(table: CompareTable, summary: dict) -> str:

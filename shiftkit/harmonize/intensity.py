@@ -60,6 +60,13 @@ class Harmonizer:
             raise ConfigError(f"the {self.kind} harmonizer is not fitted: call fit() on source images first")
         return self.state
 
+    def _fitted_channels(self, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        """The fitted state and ``image`` as H x W x C, refused when its channels differ from the source's."""
+        state = self._require_fitted()
+        array = as_channels(image)
+        _check_channels(state, array, self.kind)
+        return state, array
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "params": self.params(),
                 "state": self._require_fitted()}
@@ -235,9 +242,7 @@ class HistogramMatching(Harmonizer):
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         import SimpleITK as sitk
 
-        state = self._require_fitted()
-        array = as_channels(image)
-        _check_channels(state, array, self.kind)
+        state, array = self._fitted_channels(image)
         mask = _mask_for(array, mask, self.foreground)
         matcher = sitk.HistogramMatchingImageFilter()
         matcher.SetNumberOfHistogramLevels(self.histogram_levels)
@@ -326,9 +331,7 @@ class NyulStandardization(Harmonizer):
                          for c in range(array.shape[-1])])
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        state = self._require_fitted()
-        array = as_channels(image)
-        _check_channels(state, array, self.kind)
+        state, array = self._fitted_channels(image)
         own = self.image_landmarks(array, mask)
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
@@ -398,9 +401,7 @@ class ZScore(Harmonizer):
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        state = self._require_fitted()
-        array = as_channels(image)
-        _check_channels(state, array, self.kind)
+        state, array = self._fitted_channels(image)
         mask = _mask_for(array, mask, self.foreground)
         array = self._clipped(array, mask)
         mean, sd = self._stats(array, mask)

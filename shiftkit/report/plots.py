@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (for self-contained HTML pages); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -35,7 +36,7 @@ def embedding_scatter(source: np.ndarray, target: np.ndarray, seed: int = 0, max
     ax.set_ylabel("PC 2")
     ax.set_title("Embeddings of both domains")
     ax.legend()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def prior_bars(classes: list[str], source: dict, estimated: dict, ci: dict, true: dict | None) -> bytes:
@@ -54,7 +55,7 @@ def prior_bars(classes: list[str], source: dict, estimated: dict, ci: dict, true
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("class prior")
     ax.legend()
-    return _png(fig)
+    return figure_png(fig)
 
 
 MAX_BARS = 40
@@ -72,4 +73,4 @@ def per_dimension(values: list[float], p_values: list[float], label: str) -> byt
     ax.set_xlabel(label if len(order) == len(values) else f"{label} (the {len(order)} most shifted of {len(values)})")
     ax.set_ylabel("KS statistic D")
     ax.set_title("Shift per dimension (red: significant after Bonferroni)")
-    return _png(fig)
+    return figure_png(fig)
