@@ -195,6 +195,7 @@ def test_matches_neurocombat(monkeypatch, ours, theirs):
                                **theirs)["data"].T
     ours_out = ComBat(**ours).fit_transform(y, sites, np.column_stack([(sex == "m").astype(float), age]))
     # neuroCombat casts continuous covariates to float32 and stops its EB iteration on a looser criterion
+    print(f"\nComBat vs neuroCombat ({theirs}): max |difference| {np.abs(ours_out - reference).max():.2g}")  # pytest -s
     np.testing.assert_allclose(ours_out, reference, atol=1e-4 * np.abs(reference).max())
 
 
