@@ -407,3 +407,105 @@ def test_colour_harmonization_lowers_site_shift_on_ham10000(tmp_path):
     print(f"\nHAM10000 vidir_molemax -> rosendahl, 60 per site, colour: {json.dumps({k: (shift[k]['mmd']['statistic'], shift[k]['domain_classifier']['statistic']) for k in ('before', 'after')})}")
     assert shift["after"]["mmd"]["statistic"] < shift["before"]["mmd"]["statistic"]
     assert shift["after"]["domain_classifier"]["statistic"] < shift["before"]["domain_classifier"]["statistic"]
+
+
+# ------------------------------------------------------------------------ non-finite and constant inputs (issue 13, 1)
+
+def _with_non_finite(image: np.ndarray, seed: int) -> np.ndarray:
+    """A copy with a few NaN, +inf and -inf pixels (what float TIFFs hold outside a field of view)."""
+    bad = image.copy()
+    flat = bad.reshape(-1)
+    spots = np.random.default_rng(seed).choice(flat.size, 6, replace=False)
+    flat[spots[:2]], flat[spots[2:4]], flat[spots[4:]] = np.nan, np.inf, -np.inf
+    return bad
+
+
+@pytest.mark.parametrize("method,options", [("histmatch", {}), ("histmatch", {"reference": "pooled"}), ("nyul", {}),
+                                            ("zscore", {}), ("zscore", {"clip": (1, 99)}),
+                                            ("histmatch", {"foreground": "otsu"})])
+def test_non_finite_pixels_are_left_out_of_the_fit_and_kept_in_place(tmp_path, method, options):
+    """A few NaN/inf pixels in the reference or the target used to make every output pixel NaN. Now they are left out
+    of every statistic and written back unchanged; every other pixel is harmonized as if they were not there
+    (within 2 % of the intensity range of the fit without them)."""
+    source = [im * s for im, s in zip(_source_images(6), np.linspace(0.7, 1.3, 6))]
+    target = np.random.default_rng(3).normal(120.0, 15.0, (32, 32))
+    clean = make_harmonizer(method, **options).fit(source)
+    fitted = make_harmonizer(method, **options).fit([_with_non_finite(s, i) for i, s in enumerate(source)])
+    bad_target = _with_non_finite(target, 99)
+    finite = np.isfinite(bad_target)
+    out = fitted.transform(bad_target)
+    assert np.isfinite(out[finite]).all(), f"{finite.sum() - np.isfinite(out[finite]).sum()} pixels became NaN"
+    assert np.array_equal(out[~finite], bad_target[~finite], equal_nan=True)  # left as they were
+    span = np.ptp(np.concatenate([s.ravel() for s in source]))
+    assert np.abs(out[finite] - clean.transform(target)[finite]).max() / span < 0.02
+    saved = json.loads(fitted.save(tmp_path / "h.json").read_text())
+    assert "null" not in json.dumps(saved["state"]) and "NaN" not in json.dumps(saved["state"])
+
+
+@pytest.mark.parametrize("method", ["histmatch", "nyul", "zscore"])
+def test_a_reference_of_constant_images_is_refused(method):
+    constant = [np.full((16, 16), float(v)) for v in (10, 20, 30)]
+    with pytest.raises(DataError, match="constant"):
+        make_harmonizer(method).fit(constant)
+
+
+@pytest.mark.parametrize("method", ["histmatch", "nyul", "zscore"])
+def test_an_image_without_a_finite_pixel_is_refused(method):
+    source = _source_images(3)
+    with pytest.raises(DataError, match="no finite pixel"):
+        make_harmonizer(method).fit(source + [np.full((16, 16), np.nan)])
+    with pytest.raises(DataError, match="no finite pixel"):
+        make_harmonizer(method).fit(source).transform(np.full((16, 16), np.inf))
+
+
+def _float_tiffs(folder: Path, images: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image.astype(np.float32), mode="F").save(folder / f"im{i}.tiff")
+    return folder
+
+
+@pytest.mark.parametrize("method", ["histmatch", "nyul", "zscore"])
+def test_cli_float_tiffs_with_nan_pixels_give_finite_outputs_and_a_finite_harmonizer(tmp_path, method):
+    source = _source_images(4)
+    reference = _float_tiffs(tmp_path / "reference", [_with_non_finite(s, i) for i, s in enumerate(source)])
+    rng = np.random.default_rng(5)
+    target = _float_tiffs(tmp_path / "target", [_with_non_finite(rng.normal(120, 15, (32, 32)), 50 + i)
+                                                for i in range(3)])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["harmonize", str(target), "--method", method, "--reference", str(reference),
+                                      "--out", str(out), "--no-measure"])
+    assert result.exit_code == 0, result.output
+    for path in sorted(target.glob("*.tiff")):
+        before = np.asarray(Image.open(path), dtype=np.float64)
+        after = np.asarray(Image.open(out / path.name), dtype=np.float64)
+        finite = np.isfinite(before)
+        assert np.isfinite(after[finite]).all() and np.ptp(after[finite]) > 0, path.name
+        assert np.array_equal(after[~finite], before[~finite], equal_nan=True)
+    state = json.loads((out / "harmonizer.json").read_text())["state"]
+    assert "null" not in json.dumps(state) and "NaN" not in json.dumps(state)
+
+
+def test_cli_a_reference_of_constant_images_is_one_line_exit_2(tmp_path):
+    reference = _float_tiffs(tmp_path / "reference", [np.full((16, 16), float(v)) for v in (1, 2, 3)])
+    target = _float_tiffs(tmp_path / "target", _source_images(2, size=16))
+    result = CliRunner().invoke(app, ["harmonize", str(target), "--method", "zscore", "--reference", str(reference),
+                                      "--out", str(tmp_path / "out"), "--no-measure"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "constant" in lines[0] and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tiff"))
+
+
+def test_a_harmonizer_that_would_write_non_finite_or_constant_pixels_is_refused(tmp_path, monkeypatch):
+    """The last guard, for every harmonizer kind: outputs are checked before they are written."""
+    images = _float_tiffs(tmp_path / "images", _source_images(3, size=16))
+    table = load_table(images)
+    fitted = ZScore().fit(_source_images(3))
+    monkeypatch.setattr(ZScore, "transform", lambda self, image, mask=None: np.full_like(image, np.nan))
+    with pytest.raises(DataError, match=r"im0\.tiff.*non-finite"):
+        harmonize_table(table, table, "zscore", tmp_path / "a", harmonizer=fitted)
+    monkeypatch.setattr(ZScore, "transform", lambda self, image, mask=None: np.full_like(image, 7.0))
+    with pytest.raises(DataError, match=r"im0\.tiff.*constant"):
+        harmonize_table(table, table, "zscore", tmp_path / "b", harmonizer=fitted)
+    assert not list((tmp_path / "a").rglob("*.tiff")) and not list((tmp_path / "b").rglob("*.tiff"))

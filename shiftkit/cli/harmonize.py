@@ -56,7 +56,8 @@ def _pixel_sample(table, seed: int, images: int = 32, per_image: int = 2000) -> 
     for index in chosen:
         array = read_raw(table.records[index]).array
         array = array.reshape(-1, array.shape[-1])
-        if channels is not None and array.shape[1] != channels:
+        array = array[np.isfinite(array).all(axis=1)]  # NaN/inf pixels stay out of the histograms, as of the fit
+        if not len(array) or (channels is not None and array.shape[1] != channels):
             continue
         channels = array.shape[1]
         samples.append(array[rng.choice(len(array), min(per_image, len(array)), replace=False)])

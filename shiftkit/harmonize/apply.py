@@ -15,6 +15,11 @@ Intensity methods work on raw stored values (not the [0, 1] the network sees), o
 Values are rounded and clipped to the output type's range; z-score with ``scale="unit"`` is refused for 8- and
 16-bit inputs, whose outputs could not hold negative values. Spacing comes from the manifest's ``spacing`` column
 when present (it overrides the header), else from the header of medical formats; PNG/JPEG have none.
+
+Non-finite pixels (NaN, +-inf in float TIFFs and medical volumes) are left out of the fit and of each image's own
+statistics and written back unchanged (resampling interpolates, so a NaN also blanks its output neighbours). Every
+output is checked before it is written: a harmonizer that would turn finite pixels into NaN/infinity, or a
+non-constant image into a constant one (after rounding and clipping to the output type), is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from shiftkit.harmonize.intensity import (
     HistogramMatching,
     NyulStandardization,
     ZScore,
+    check_state,
     read_harmonizer_dict,
 )
 from shiftkit.harmonize.resample import Resampler
@@ -90,7 +96,10 @@ def load_harmonizer(path: str | Path, method: str | None = None) -> Harmonizer:
     if method is not None and method not in (kind, method_of(kind)):
         raise DataError(f"{path}: this is a '{kind}' harmonizer, not {method}")
     try:
+        check_state(data["state"])
         return KINDS[kind].from_dict(data)
+    except DataError as exc:
+        raise DataError(f"{path}: invalid {kind} harmonizer: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path}: invalid {kind} harmonizer ({exc})") from None
 
@@ -202,14 +211,43 @@ def from_sitk(raw: RawImage, image) -> RawImage:
     return RawImage(array, raw.kind, tuple(image.GetSpacing()), image if raw.kind == "medical" else None, raw.nifti)
 
 
+def stored_values(raw: RawImage) -> np.ndarray:
+    """The pixel values :func:`write_raw` stores: rounded and clipped for 8- and 16-bit PNGs, float32 otherwise."""
+    if raw.kind in ("8bit", "16bit"):
+        top, dtype = (255, np.uint8) if raw.kind == "8bit" else (65535, np.uint16)
+        return np.clip(np.rint(np.nan_to_num(raw.array, nan=0.0)), 0, top).astype(dtype)
+    return raw.array.astype(np.float32)
+
+
+def check_output(harmonizer: Harmonizer, before: RawImage, after: RawImage) -> None:
+    """Refuse an output that gained non-finite pixels, or that became constant while its input was not: written,
+    it would silently blank an image (errors are prefixed with the file by the caller)."""
+    stored = stored_values(after)
+    finite_in, finite_out = np.isfinite(before.array), np.isfinite(stored)
+    if stored.shape == before.array.shape:
+        gained = int((finite_in & ~finite_out).sum())
+    else:  # resampled: another grid; only an input without non-finite pixels can be compared
+        gained = int((~finite_out).sum()) if finite_in.all() else (0 if finite_out.any() else stored.size)
+    if gained:
+        raise DataError(f"the {harmonizer.kind} harmonizer turned {gained} finite pixel(s) into non-finite values "
+                        "(NaN or infinity); refused rather than written")
+    for c in range(before.array.shape[-1]):
+        values_in = before.array[..., c][finite_in[..., c]]
+        values_out = stored[..., c][finite_out[..., c]]
+        if values_in.size and np.ptp(values_in) > 0 and values_out.size and np.ptp(values_out) == 0:
+            raise DataError(f"the {harmonizer.kind} harmonizer turned a non-constant image into a constant one "
+                            f"(every stored pixel {float(values_out[0]):g}"
+                            f"{'' if before.array.shape[-1] == 1 else f' in channel {c}'}); refused rather than "
+                            "written: check the reference's intensity range against this image's type")
+
+
 def write_raw(raw: RawImage, path: Path) -> None:
     """Write ``raw`` as its kind's output format (table in the module docstring), atomically."""
     array = raw.array
     if raw.kind in ("8bit", "16bit"):
         from PIL import Image
 
-        top, dtype = (255, np.uint8) if raw.kind == "8bit" else (65535, np.uint16)
-        pixels = np.clip(np.rint(array), 0, top).astype(dtype)
+        pixels = stored_values(raw)
         pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
         def save(tmp: Path) -> None:
@@ -289,21 +327,33 @@ def fit_harmonizer(harmonizer: Harmonizer, reference: ImageTable,
                 tick()
         return harmonizer.fit(spacings)
 
+    current: list[ImageRecord] = []
+
     def images():
         for record in reference.records:
+            current[:] = [record]
             raw = read_raw(record)
             _check_input(harmonizer, raw, record)
             tick()
             yield raw.array
 
-    return harmonizer.fit(images())
+    try:
+        return harmonizer.fit(images())
+    except DataError as exc:  # name the image (no finite pixel) or the reference (all constant)
+        where = (current[0].origin or str(current[0].path)) if "no finite pixel" in str(exc) and current else (
+            reference.source or "reference")
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def transform_raw(harmonizer: Harmonizer, raw: RawImage) -> RawImage:
     """Harmonize one decoded image; the result keeps the input's kind (and geometry, except after resampling)."""
     if isinstance(harmonizer, Resampler):
-        return from_sitk(raw, harmonizer.transform(to_sitk(raw)))
-    return replace(raw, array=np.asarray(harmonizer.transform(raw.array), dtype=np.float64).reshape(raw.array.shape))
+        result = from_sitk(raw, harmonizer.transform(to_sitk(raw)))
+    else:
+        result = replace(raw, array=np.asarray(harmonizer.transform(raw.array),
+                                               dtype=np.float64).reshape(raw.array.shape))
+    check_output(harmonizer, raw, result)
+    return result
 
 
 def _input_root(table: ImageTable) -> Path:

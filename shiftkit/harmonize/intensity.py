@@ -13,6 +13,12 @@ Three methods, each a :class:`Harmonizer` (``fit`` on source images, ``transform
   images stay 8-bit) or left at mean 0 / sd 1 (``scale="unit"``).
 
 ``masks`` (in ``fit``) is an optional iterable of per-image masks, aligned with ``images``.
+
+Non-finite pixels (NaN, +inf, -inf, as float TIFFs and medical volumes hold outside a field of view) are left out of
+every statistic, in ``fit`` and in ``transform``, and are written back unchanged: they stay missing, and every other
+pixel is harmonized as if they were not there. An image (or foreground) without a single finite pixel is refused, as
+is a reference whose images are all constant (there is no intensity distribution to map onto: every output would be
+constant), and a fit whose learned numbers are not finite (intensities that overflow float64).
 Arrays carry a trailing channel axis (``H x W x C`` or ``D x H x W x C``); a 2-D array is one grayscale channel.
 Colour images (dermoscopy, histology) are harmonized per channel. A foreground mask is a boolean array of the
 spatial shape; ``foreground="otsu"`` computes one per image (Otsu threshold on the channel mean) when none is given.
@@ -60,6 +66,21 @@ class Harmonizer:
             raise ConfigError(f"the {self.kind} harmonizer is not fitted: call fit() on source images first")
         return self.state
 
+    def _fitted(self, state: dict[str, Any], spread: np.ndarray) -> dict[str, Any]:
+        """Keep ``state`` as the fit, refusing a reference that gives constant outputs (``spread``: per channel, the
+        range of what the reference's images are mapped onto) or numbers JSON cannot hold (NaN, infinity)."""
+        flat = [v for v in np.ravel(np.asarray(_numbers(state), dtype=np.float64))]
+        if not np.isfinite(flat).all():
+            raise DataError(f"{self.kind}: the reference's intensities give non-finite statistics (values beyond "
+                            "float64's range?); rescale the images")
+        constant = [c for c, value in enumerate(np.ravel(spread)) if not value > 0]
+        if constant:
+            raise DataError(f"{self.kind}: every reference image is constant in channel {constant[0]} (one value "
+                            f"per image); there is no intensity distribution to map onto, so every output would be "
+                            f"constant; use a reference with contrast")
+        self.state = state
+        return state
+
     def _fitted_channels(self, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
         """The fitted state and ``image`` as H x W x C, refused when its channels differ from the source's."""
         state = self._require_fitted()
@@ -102,6 +123,33 @@ def read_harmonizer_dict(path: str | Path) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------------------- helpers
 
+def _numbers(value: Any) -> list[float]:
+    """Every number in a (JSON-like) state, flattened; ``None`` (JSON null) counts as NaN."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    if value is None:
+        return [float("nan")]
+    return [float(value)] if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else []
+
+
+def check_state(state: Any) -> None:
+    """Refuse a saved state holding null, NaN or infinity (a harmonizer.json written before non-finite pixels were
+    left out of the fit)."""
+    if not np.isfinite(np.asarray(_numbers(state), dtype=np.float64)).all():
+        raise DataError("its state holds null, NaN or infinite numbers (fitted on images with non-finite pixels by "
+                        "an older shiftkit?); fit it again")
+
+
+def keep_non_finite(out: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """Write ``array``'s non-finite pixels back into ``out`` unchanged (they stay missing)."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        out[bad] = array[bad]
+    return out
+
+
 def as_channels(image: np.ndarray) -> np.ndarray:
     """``H x W`` -> ``H x W x 1``; arrays that already carry a channel axis are returned as float64."""
     image = np.asarray(image, dtype=np.float64)
@@ -121,7 +169,11 @@ def foreground_mask(image: np.ndarray, method: str = "otsu") -> np.ndarray | Non
         raise ConfigError(f"unknown foreground method '{method}' (choose {', '.join(FOREGROUND_METHODS)})")
     import SimpleITK as sitk
 
-    gray = as_channels(image).mean(axis=-1).astype(np.float32)
+    gray = as_channels(image).mean(axis=-1)
+    finite = np.isfinite(gray)
+    if finite.any() and not finite.all():  # Otsu on the finite pixels; the rest are left out anyway
+        gray = np.where(finite, gray, gray[finite].min())
+    gray = gray.astype(np.float32)
     otsu = sitk.OtsuThresholdImageFilter()
     otsu.SetInsideValue(0)
     otsu.SetOutsideValue(1)  # 1 = above the threshold = foreground
@@ -141,9 +193,20 @@ def _mask_for(image: np.ndarray, mask: np.ndarray | None, foreground: str) -> np
     return mask
 
 
+def _valid(image: np.ndarray, mask: np.ndarray | None, channel: int) -> np.ndarray:
+    """The pixels a channel's statistics use: finite, and in the foreground ``mask`` when there is one."""
+    valid = np.isfinite(image[..., channel])
+    if mask is not None:
+        valid &= mask
+    if not valid.any():
+        where = "in the foreground mask" if mask is not None else "in the image"
+        raise DataError(f"no finite pixel {where} (channel {channel} is all NaN or infinite): nothing to harmonize")
+    return valid
+
+
 def _channel_values(image: np.ndarray, mask: np.ndarray | None, channel: int) -> np.ndarray:
-    values = image[..., channel]
-    return values[mask] if mask is not None else values.ravel()
+    """A channel's finite pixels (within ``mask``): non-finite ones are left out of every statistic."""
+    return image[..., channel][_valid(image, mask, channel)]
 
 
 def _check_channels(state: dict, image: np.ndarray, kind: str) -> None:
@@ -235,8 +298,9 @@ class HistogramMatching(Harmonizer):
             quantiles = [np.mean(s, axis=0).tolist() for s in samples]
         else:
             quantiles = [np.quantile(np.concatenate(s), levels).tolist() for s in samples]
-        self.state = {"channels": len(samples), "quantile_levels": levels.tolist(), "quantiles": quantiles,
-                      "n_images": len(samples[0])}
+        state = {"channels": len(samples), "quantile_levels": levels.tolist(), "quantiles": quantiles,
+                 "n_images": len(samples[0])}
+        self._fitted(state, np.ptp(np.asarray(quantiles), axis=1))
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -251,20 +315,21 @@ class HistogramMatching(Harmonizer):
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
             reference = sitk.GetImageFromArray(np.asarray(state["quantiles"][c], dtype=np.float64)[None, :])
-            values = _channel_values(array, mask, c)
+            valid = _valid(array, mask, c)
+            values = array[..., c][valid]
             if np.ptp(values) == 0:  # a constant image has no histogram to match: move it to the source median
                 matched = np.full_like(values, np.interp(0.5, state["quantile_levels"], state["quantiles"][c]))
             else:
                 matched = sitk.GetArrayFromImage(matcher.Execute(sitk.GetImageFromArray(values[None, :]),
                                                                  reference))[0]
-            if mask is None:
+            if valid.all():
                 out[..., c] = matched.reshape(array.shape[:-1])
-            else:
+            else:  # background and non-finite pixels: the same monotone map (non-finite ones restored below)
                 order = np.argsort(values, kind="stable")
                 channel = np.interp(array[..., c], values[order], matched[order])
-                channel[mask] = matched
+                channel[valid] = matched
                 out[..., c] = channel
-        return _restore_shape(out, image)
+        return _restore_shape(keep_non_finite(out, array), image)
 
 
 # ------------------------------------------------------------------------------------- Nyúl-Udupa standardization
@@ -319,8 +384,11 @@ class NyulStandardization(Harmonizer):
         low, high = landmarks[:, :, :1], landmarks[:, :, -1:]
         width = np.where(high - low > 0, high - low, 1.0)
         mapped = scale[None, :, :1] + (landmarks - low) / width * (scale[None, :, 1:] - scale[None, :, :1])
-        self.state = {"channels": int(landmarks.shape[1]), "percentiles": self.percentiles.tolist(),
-                      "standard_landmarks": mapped.mean(0).tolist(), "n_images": len(per_image)}
+        standard = mapped.mean(0)
+        state = {"channels": int(landmarks.shape[1]), "percentiles": self.percentiles.tolist(),
+                 "standard_landmarks": standard.tolist(), "n_images": len(per_image)}
+        # every image constant: each maps onto one value, and so would every output
+        self._fitted(state, np.ptp(landmarks, axis=2).max(axis=0) * np.ptp(standard, axis=1))
         return self
 
     def image_landmarks(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -336,7 +404,7 @@ class NyulStandardization(Harmonizer):
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
             out[..., c] = _piecewise_linear(array[..., c], own[c], np.asarray(state["standard_landmarks"][c]))
-        return _restore_shape(out, image)
+        return _restore_shape(keep_non_finite(out, array), image)
 
 
 def _piecewise_linear(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -384,7 +452,7 @@ class ZScore(Harmonizer):
         for c in range(array.shape[-1]):
             low, high = np.percentile(_channel_values(array, mask, c), self.clip)
             out[..., c] = np.clip(array[..., c], low, high)
-        return out
+        return keep_non_finite(out, array)  # +-inf is missing, not the clip bound
 
     def _stats(self, array: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         values = [_channel_values(array, mask, c) for c in range(array.shape[-1])]
@@ -396,8 +464,10 @@ class ZScore(Harmonizer):
             mean, sd = self._stats(self._clipped(image, mask), mask)
             means.append(mean)
             sds.append(sd)
-        self.state = {"channels": len(means[0]), "source_mean": np.mean(means, 0).tolist(),
-                      "source_sd": np.mean(sds, 0).tolist(), "n_images": len(means)}
+        state = {"channels": len(means[0]), "source_mean": np.mean(means, 0).tolist(),
+                 "source_sd": np.mean(sds, 0).tolist(), "n_images": len(means)}
+        # scale "unit" never uses the source's sd; "source" maps every output onto it
+        self._fitted(state, np.ones(len(means[0])) if self.scale == "unit" else np.mean(sds, 0))
         return self
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -408,4 +478,4 @@ class ZScore(Harmonizer):
         z = (array - mean) / np.where(sd > 0, sd, 1.0)
         if self.scale == "source":
             z = z * np.asarray(state["source_sd"]) + np.asarray(state["source_mean"])
-        return _restore_shape(z, image)
+        return _restore_shape(keep_non_finite(z, array), image)
