@@ -28,3 +28,8 @@ class WeightsNotFoundError(ModelError):
 
 class ConfigError(ShiftkitError):
     """An option value is out of range or inconsistent with the others."""
+
+
+class OutputError(ShiftkitError, OSError):
+    """An output cannot be written (read-only or full disk, a folder in use by another run). Also an
+    :class:`OSError`, so that code which tolerates a failed optional write (a cache) still catches it."""

@@ -420,6 +420,121 @@ def test_rgba_and_16_bit_images_run_through_every_command(odd_but_valid, good, t
     assert "warning" not in result.output
 
 
+# -- issue 13: options, --out, and the order of checks ------------------------------------------------------------
+
+def _features_csv(path: Path, sites=("s1", "s2", "s3"), names=("f1", "f2", "f3"), per_site: int = 8) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [[site, *(f"{v:.4f}" for v in rng.normal(size=len(names)) + k)] for k, site in enumerate(sites)
+            for _ in range(per_site)]
+    return _manifest(path, rows, header=",".join(["site", *names]))
+
+
+def _site_manifest(good: Good, path: Path, sites=("north", "south")) -> Path:
+    images = good.images("a") + good.images("b")
+    return _manifest(path, [(p, "ab"[i % 2], sites[i % len(sites)]) for i, p in enumerate(images)],
+                     header="path,label,site")
+
+
+# every command that takes --out: argv for (out, good data, scratch folder)
+WITH_OUT: dict[str, Callable[[Path, Good, Path], list]] = {
+    "diagnose": lambda out, good, tmp: ["diagnose", good.classes, good.target, "--out", out, *DIAGNOSE],
+    "finetune": lambda out, good, tmp: ["finetune", good.classes, "--out", out, *FINETUNE],
+    "harmonize": lambda out, good, tmp: ["harmonize", good.target, "--method", "zscore", "--reference", good.classes,
+                                         "--no-measure", "--out", out],
+    "adapt-bn": lambda out, good, tmp: ["adapt-bn", tmp / "no-run", good.target, "--out", out, "--device", "cpu"],
+    "combat": lambda out, good, tmp: ["combat", _features_csv(tmp / "f.csv"), "--out", out / "h.csv"],
+    "compare": lambda out, good, tmp: ["compare", good.classes, "--out", out, "--archs", "resnet18", "--weights",
+                                       "none", "--strategies", "ft", "--lrs", "1e-3", "--seeds", "1", "--epochs", "1",
+                                       "--image-size", "32", "--device", "cpu"],
+    "audit": lambda out, good, tmp: ["audit", _site_manifest(good, tmp / "sites.csv"), "--out", out, "--arch",
+                                     "resnet18", "--weights", "none", "--image-size", "32", "--device", "cpu",
+                                     "--min-images-per-site", "4", "--permutations", "20", "--ot-permutations", "20"],
+    "demo": lambda out, good, tmp: ["demo", "--out", out, "--epochs", "1", "--device", "cpu"],
+}
+
+
+def invoke(argv: list) -> object:
+    return runner.invoke(app, [str(a) for a in argv])
+
+
+@pytest.mark.parametrize("where", ["under a file", "/proc"])
+@pytest.mark.parametrize("command", list(WITH_OUT))
+def test_an_unwritable_out_is_one_line_before_any_work(good, tmp_path, command, where):
+    """Issue 13, item 7: root ignores permissions, so unwritable means a path under a file, or /proc."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out" if where == "under a file" else Path("/proc/shiftkit-test") / tmp_path.name
+    line = _error_line(invoke(WITH_OUT[command](out, good, tmp_path)))
+    assert line.startswith("error: --out ") and "cannot create the folder" in line, line
+
+
+@pytest.mark.parametrize("command", ["diagnose", "audit"])
+def test_a_full_disk_while_writing_the_report_leaves_no_half_set(good, tmp_path, monkeypatch, command):
+    """Issue 13, item 7: diagnose left report.json and plots/ without report.html when the disk filled up."""
+    import errno
+
+    report = {"diagnose": "report.html", "audit": "audit.html"}[command]
+    original = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(f".{report}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "out"
+    line = _error_line(invoke(WITH_OUT[command](out, good, tmp_path)))
+    assert f"{report}: cannot write the file (No space left on device)" in line, line
+    assert _files(out) == [], "a failed write left half a set of outputs"
+
+
+NON_FINITE = {  # (command, option, value) -> the option the message must name
+    ("diagnose", "--window", "nan,nan"): "--window 'nan,nan' must be two finite numbers",
+    ("diagnose", "--window", "-inf,0"): "--window '-inf,0' must be two finite numbers",
+    ("finetune", "--window", "nan,1"): "--window 'nan,1' must be two finite numbers",
+    ("audit", "--window", "0,inf"): "--window '0,inf' must be two finite numbers",
+    ("harmonize", "--window", "-inf,0"): "--window '-inf,0' must be two finite numbers",
+    ("adapt-bn", "--window", "nan,nan"): "--window 'nan,nan' must be two finite numbers",
+    ("compare", "--window", "nan,nan"): "--window 'nan,nan' must be two finite numbers",
+    ("adapt-bn", "--lr", "nan"): "--lr nan: must be a finite number",
+    ("adapt-bn", "--lr", "inf"): "--lr inf: must be a finite number",
+    ("adapt-bn", "--lr", "1e30"): "--lr 1e+30: must be at most 10",
+    ("adapt-bn", "--lr", "0"): "--lr 0: must be above 0",
+    ("audit", "--alpha", "nan"): "--alpha nan: must be a finite number",
+    ("audit", "--alpha", "1.5"): "--alpha 1.5: must be below 1",
+    ("audit", "--dominance", "inf"): "--dominance inf: must be a finite number",
+    ("compare", "--alpha", "nan"): "--alpha nan: must be a finite number",
+    ("compare", "--beta", "-inf"): "--beta -inf: must be a finite number",
+    ("harmonize", "--spacing", "nan,1"): "--spacing 'nan,1' must be finite numbers",
+    ("harmonize", "--clip", "1,inf"): "--clip '1,inf' must be finite numbers",
+}
+
+
+@pytest.mark.parametrize("case", list(NON_FINITE), ids=lambda c: " ".join(c))
+def test_non_finite_float_options_are_one_line_naming_the_option(good, tmp_path, case):
+    """Issue 13, item 6: --window nan,nan blanked every image with exit 0; --lr nan/inf/1e30 gave a traceback."""
+    command, option, value = case
+    out = tmp_path / "out"
+    line = _error_line(invoke([*WITH_OUT[command](out, good, tmp_path), option, value]))
+    assert NON_FINITE[case] in line, line
+    assert _files(out) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--device", "cuda"], "--device cuda was asked for, but no CUDA GPU is available"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_demo_checks_its_options_before_generating_data(tmp_path, monkeypatch, options, message):
+    """Issue 13, item 16: demo generated both hospitals (and, for --epochs 0, ran diagnose) before failing."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "demo"
+    line = _error_line(invoke(["demo", "--out", out, *options]))
+    assert message in line, line
+    assert not out.exists() or _files(out) == []
+
+
 if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code
     import tempfile
 

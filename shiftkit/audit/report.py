@@ -15,7 +15,7 @@ from rich.table import Table
 from shiftkit.audit.features_table import FeaturesAudit
 from shiftkit.audit.images import ImageAudit
 from shiftkit.audit.matrix import MEASURE_NAMES, ShiftMatrix
-from shiftkit.io import write_json, write_text
+from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page
 from shiftkit.report.plots import figure_png
 
@@ -274,9 +274,10 @@ def image_figures(audit: ImageAudit) -> dict[str, bytes]:
 
 
 def write_image_report(audit: ImageAudit, out: Path) -> None:
-    write_json(out / "audit.json", audit.to_dict())
-    figures = image_figures(audit)
-    write_text(out / "audit.html", image_html(audit, figures))
+    data = json_text(audit.to_dict())
+    html = image_html(audit, image_figures(audit))
+    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),  # one set: never a JSON without its page
+                 out / "audit.html": lambda tmp: tmp.write_text(html)})
 
 
 def print_image_summary(audit: ImageAudit, console: Console) -> None:
@@ -357,8 +358,10 @@ def features_html(audit: FeaturesAudit, figure: bytes) -> str:
 
 
 def write_features_report(audit: FeaturesAudit, out: Path) -> None:
-    write_json(out / "audit.json", audit.to_dict())
-    write_text(out / "audit.html", features_html(audit, effect_sizes_png(audit)))
+    data = json_text(audit.to_dict())
+    html = features_html(audit, effect_sizes_png(audit))
+    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),  # one set: never a JSON without its page
+                 out / "audit.html": lambda tmp: tmp.write_text(html)})
 
 
 def print_features_summary(audit: FeaturesAudit, console: Console) -> None:

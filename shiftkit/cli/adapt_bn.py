@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from shiftkit.cli.common import console, err_console, parse_window, user_errors
+from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
+                                 user_errors)
 from shiftkit.cli.progress import make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.harmonize.bn import AdaptBNRequest, run_adapt_bn
@@ -49,10 +50,12 @@ def adapt_bn(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: middle)."),
 ) -> None:
     """Adapt a fine-tuned model's BatchNorm layers to unlabeled target images (AdaBN or TENT)."""
+    check_number(lr, "--lr", above=0, maximum=MAX_LEARNING_RATE)
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    output_folder(out, file=out.suffix == ".pt")
     request = AdaptBNRequest(
         checkpoint=checkpoint, target=target, out=out, method=method, lr=lr, epochs=epochs, batch_size=batch_size,
-        device=device, seed=seed, cache_dir=cache_dir,
-        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
+        device=device, seed=seed, cache_dir=cache_dir, read_options=read_options,
     )
     with make_progress(err_console) as progress:
         state = {}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
+from shiftkit.cli.common import check_number, console, err_console, output_folder, parse_window, user_errors
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 
@@ -47,6 +47,9 @@ def audit(
 ) -> None:
     """Audit sites: pairwise covariate and label shift, metadata, outlier sites (images), or per-feature site
     effects before and after ComBat (--features-table)."""
+    check_number(alpha, "--alpha", above=0, below=1)
+    check_number(dominance, "--dominance", minimum=0, maximum=1)
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
     out = output_folder(out)
     if features_table:
         from shiftkit.audit.features_table import FeaturesAuditRequest, run_features_audit
@@ -70,7 +73,7 @@ def audit(
     request = AuditRequest(
         manifest=table, site_column=site_column, label_column=label_column, arch=arch, weights=weights,
         image_size=image_size, batch_size=batch_size, device=device, cache_dir=cache_dir,
-        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
+        read_options=read_options,
         max_images_per_site=max_images_per_site, min_images_per_site=min_images_per_site, pca=pca,
         classifier_pca=classifier_pca,
         permutations=permutations, ot_permutations=ot_permutations, bootstrap=bootstrap, correction=correction,

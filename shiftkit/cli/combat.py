@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from shiftkit.cli.common import console, err_console, user_errors
+from shiftkit.cli.common import console, err_console, output_folder, user_errors
 from shiftkit.harmonize.combat import DEFAULT_EXCLUDE, CombatRequest, LeakageWarning, run_combat
 from shiftkit.io import write_json
 
@@ -29,6 +29,7 @@ def combat(
     mean_only: bool = typer.Option(False, "--mean-only", help="Correct the location only (no scaling)."),
 ) -> None:
     """Remove site effects from tabular features (radiomics) with ComBat, keeping biological covariates."""
+    output_folder(out, file=True)
     request = CombatRequest(
         features=features, out=out, site_column=site_column, covariates=covariates, reference_site=reference_site,
         apply=apply, exclude=tuple(e.strip() for e in (exclude or "").split(",") if e.strip()),

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import math
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -13,7 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shiftkit.errors import ShiftkitError
+from shiftkit.errors import ConfigError, ShiftkitError
+from shiftkit.io import LOCK_NAME, output_lock
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,13 +48,23 @@ def fail(message: str) -> "typer.Exit":
     return typer.Exit(USER_ERROR_EXIT)
 
 
+# What a command holds until it returns (the lock on --out): closed by ``user_errors`` whatever happens.
+_HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("shiftkit_held", default=None)
+
+
 def user_errors(command: Callable) -> Callable:
-    """Turn user mistakes into one line on stderr and exit code 2; bugs keep their traceback."""
+    """Turn user mistakes into one line on stderr and exit code 2; bugs keep their traceback. What the command
+    holds (``output_folder``'s lock) is released when it returns, and sees the exception if it fails."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with contextlib.ExitStack() as held:
+                token = _HELD.set(held)
+                try:
+                    return command(*args, **kwargs)
+                finally:
+                    _HELD.reset(token)
         except ShiftkitError as exc:
             raise fail(str(exc)) from None
         except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
@@ -73,11 +88,63 @@ def warn_skipped(skipped: list[dict], report: str) -> None:
                           f"(skipped_images); {detail}", highlight=False, soft_wrap=True)
 
 
-def output_folder(out: Path) -> Path:
-    """``--out`` must be a folder (it may not exist yet): every command writes several files into it."""
-    if out.exists() and not out.is_dir():
+def output_folder(out: Path, *, file: bool = False, lock: bool = True, lock_name: str = LOCK_NAME,
+                  clean_failed: bool = True) -> Path:
+    """``--out``, checked and held before any work: a folder (it may not exist yet; with ``file=True`` a file, whose
+    folder is checked), created and proven writable (a read-only or full disk, ``/proc``, a path under a file are
+    one clear line now, not a traceback after the work), and locked against a second shiftkit run until the
+    command returns (``OUT/.shiftkit.lock``; see :func:`shiftkit.io.output_lock`). A run whose output write fails
+    removes the files it had created (``clean_failed``). ``lock=False``: the checks only (torchrun's other ranks)."""
+    if not file and out.exists() and not out.is_dir():
         raise ShiftkitError(f"--out {out} is a file, not a folder")
+    if file and out.is_dir():
+        raise ShiftkitError(f"--out {out} is a folder; give a file name")
+    if not lock:
+        return out
+    held = _HELD.get()
+    holder = output_lock(out, file=file, name=lock_name, clean_failed=clean_failed)
+    if held is None:  # called outside a command: check now, hold nothing
+        with holder:
+            return out
+    held.enter_context(holder)
     return out
+
+
+def previous_run(out: Path, resume: bool, overwrite: bool) -> None:
+    """A finished or interrupted finetune run in ``out`` is kept unless the user says what to do with it:
+    ``--resume`` continues it, ``--overwrite`` replaces it (its metrics.json and checkpoints/ are removed now)."""
+    found = [p for p in (out / "metrics.json", out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
+             if p.exists()]
+    if not found or resume:
+        return
+    if not overwrite:
+        kind = "a finished run" if (out / "metrics.json").exists() else "an interrupted run"
+        raise ConfigError(f"--out {out} holds {kind} ({found[0].relative_to(out)}); add --resume to continue it, "
+                          "--overwrite to replace it, or use another --out")
+    (out / "metrics.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
+def check_number(value: float | None, option: str, *, minimum: float | None = None, maximum: float | None = None,
+                 above: float | None = None, below: float | None = None) -> float | None:
+    """One rule for every float option: a finite number within its range, or a one-line error naming the
+    option (``--lr nan``, ``inf`` or ``1e30`` never reach the work). ``None`` (option not given) passes."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} {value}: must be a finite number")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{option} {value:g}: must be at least {minimum:g}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{option} {value:g}: must be above {above:g}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{option} {value:g}: must be at most {maximum:g}")
+    if below is not None and value >= below:
+        raise ConfigError(f"{option} {value:g}: must be below {below:g}")
+    return value
+
+
+MAX_LEARNING_RATE = 10.0  # Adam's step is about lr per parameter: above this nothing trains, weights turn NaN
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
@@ -86,7 +153,9 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise ShiftkitError(f"--window '{text}' must be two numbers, LOW,HIGH (e.g. -1000,400)") from None
+        raise ConfigError(f"--window '{text}' must be two numbers, LOW,HIGH (e.g. -1000,400)") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"--window '{text}' must be two finite numbers, LOW,HIGH (e.g. -1000,400)")
     if high <= low:
-        raise ShiftkitError(f"--window '{text}': HIGH must be above LOW")
+        raise ConfigError(f"--window '{text}': HIGH must be above LOW")
     return low, high

@@ -9,8 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors
+from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
+                                 user_errors)
 from shiftkit.cli.progress import make_progress
+from shiftkit.io import LOCK_NAME
 from shiftkit.compare.grid import (
     CompareSettings,
     finetune_run,
@@ -301,16 +303,22 @@ def compare(
     search_seed: int = typer.Option(0, help="--search: the seed of the search's runs."),
 ) -> None:
     """Compare fine-tuning strategies as the paper does (best lr on validation, mean (SE) over seeds)."""
-    out = output_folder(out)
+    check_number(alpha, "--alpha", minimum=0)
+    check_number(beta, "--beta", minimum=0)
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
     strategy_list, arch_list, lr_list = parse_strategies(strategies), parse_archs(archs), parse_lrs(lrs)
+    for lr in lr_list:
+        check_number(lr, "--lrs", above=0, maximum=MAX_LEARNING_RATE)
     shard_spec = parse_shard(shard)
+    # shards of one grid run at once into one folder (each appends to its own runs file): one lock per shard
+    out = output_folder(out, lock_name=f".shiftkit-shard-{shard_spec[0]}-of-{shard_spec[1]}.lock" if shard_spec
+                        else LOCK_NAME)
     metric_list = _split_metrics(metrics)
     settings = CompareSettings(
         data=data, val=val, test=test, weights=weights, epochs=epochs, patience=patience, batch_size=batch_size,
         image_size=image_size, monitor=monitor, epochs_per_block=epochs_per_block, lp_epochs=lp_epochs,
         alpha=alpha, beta=beta, rgn_batches=rgn_batches,
-        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
-        device=device, cache_dir=cache_dir,
+        read_options=read_options, device=device, cache_dir=cache_dir,
     )
     _check(settings, seeds)
     if search:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, user_errors
 from shiftkit.cli.progress import EpochProgress, StageProgress, make_progress
+from shiftkit.errors import ConfigError
 
 
 def _found_table(summary: dict) -> Table:
@@ -54,7 +55,11 @@ def demo(
 ) -> None:
     """Two synthetic hospitals with a planted shift: diagnose, recommend, fine-tune, adapt BN (under 3 min on a CPU)."""
     from shiftkit.demo.pipeline import DemoHooks, DemoRequest, run_demo
+    from shiftkit.finetune.trainer import resolve_device
 
+    if epochs < 1:  # options first: nothing generated, diagnosed or written for a run that cannot finish
+        raise ConfigError(f"--epochs {epochs}: must be at least 1")
+    resolve_device(device)
     out = output_folder(out)
     request = DemoRequest(out=out, seed=seed, epochs=epochs, device=device)
     with make_progress(err_console) as progress:

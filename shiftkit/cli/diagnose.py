@@ -40,15 +40,15 @@ def diagnose(
     anonymize_paths: bool = typer.Option(False, "--anonymize-paths", help="Name inputs in the report by a stable hash of their path (sha256, 12 hex digits) instead of the path."),
 ) -> None:
     """How far has TARGET drifted from SOURCE? Covariate, label and concept shift with p-values and intervals."""
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    out = output_folder(out)
     request = DiagnoseRequest(
         source=source, target=target, arch=arch, weights=weights, checkpoint=checkpoint, target_labels=target_labels,
         tests=tuple(t.strip() for t in tests.split(",") if t.strip()), permutations=permutations,
         bootstrap=bootstrap, label_method=label_method, max_images=max_images, pca=pca, seed=seed, device=device,
         image_size=image_size, batch_size=batch_size, cache_dir=cache_dir,
-        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
-        on_bad_image=on_bad_image, anonymize_paths=anonymize_paths,
+        read_options=read_options, on_bad_image=on_bad_image, anonymize_paths=anonymize_paths,
     )
-    out = output_folder(out)
     from shiftkit.report.diagnose import print_summary, write_report
 
     with make_progress(err_console) as progress:

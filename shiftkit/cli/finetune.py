@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
+from shiftkit.cli.common import (console, err_console, output_folder, parse_window, previous_run, user_errors,
+                                 warn_skipped)
 from shiftkit.cli.progress import EpochProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.synthetic import write_dataset
@@ -66,6 +67,7 @@ def finetune(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: the middle one)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Disk cache for decoded, resized images (reused across runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/checkpoints/last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in OUT (its metrics.json and checkpoints/) instead of refusing."),
     on_bad_image: str = typer.Option("fail", help="fail: an unreadable image stops the run (before training); skip: leave it out and list it in metrics.json (skipped_images)."),
     anonymize_paths: bool = typer.Option(False, "--anonymize-paths", help="Name inputs in metrics.json and checkpoints by a stable hash of their path (sha256, 12 hex digits) instead of the path."),
     workers: Optional[int] = typer.Option(None, help="Data-loader worker processes (default: 0 on CPU, up to 8 per GPU on CUDA)."),
@@ -76,8 +78,12 @@ def finetune(
 
     Multi-GPU: torchrun --nproc_per_node N -m shiftkit finetune ... (the global --batch-size is split over ranks).
     """
-    out = output_folder(out)
     ctx = distributed.context()  # torchrun's environment, if any; one process otherwise
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    # rank 0 holds OUT; a full disk keeps the checkpoints (--resume continues from them)
+    out = output_folder(out, lock=ctx.is_main, clean_failed=False)
+    if ctx.is_main:
+        previous_run(out, resume, overwrite)
     check_strategy_name(strategy)  # before --demo writes any data
     defaults = DEMO_DEFAULTS if demo else DEFAULTS
     if demo:
@@ -102,7 +108,7 @@ def finetune(
         resume=resume,
         on_bad_image=on_bad_image,
         anonymize_paths=anonymize_paths,
-        read_options=ReadOptions(window=parse_window(window), slice_index=slice_index),
+        read_options=read_options,
         train=TrainConfig(
             strategy=strategy, lr=_given(lr, defaults["lr"]), epochs=_given(epochs, defaults["epochs"]),
             batch_size=batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +24,8 @@ def _numbers(text: str | None, option: str, count: int | None = None) -> tuple[f
         values = tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"{option} '{text}' must be comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} '{text}' must be finite numbers")
     if not values or (count is not None and len(values) != count):
         raise ConfigError(f"{option} '{text}' must be {count or 'some'} comma-separated numbers")
     return values
@@ -185,16 +188,17 @@ def harmonize(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice embedded for 3-D volumes."),
 ) -> None:
     """Harmonize INPUT toward REFERENCE (resampling, intensity, colour) and measure the shift before and after."""
+    read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    options = _options(method if harmonizer is None else None, spacing, interpolator, match_points, histogram_levels,
+                       match_reference, cutoff, scale, clip, foreground, colour_method, seed)
     out = output_folder(out)
     request = HarmonizeRequest(
         input=input, out=out, method=method, reference=reference, harmonizer=harmonizer,
-        options=_options(method if harmonizer is None else None, spacing, interpolator, match_points,
-                         histogram_levels, match_reference, cutoff, scale, clip, foreground, colour_method, seed),
-        measure=measure,
+        options=options, measure=measure,
         settings=MeasureSettings(arch=arch, weights=weights, image_size=image_size, max_images=max_images,
                                  permutations=permutations, pca=pca, seed=seed, device=device,
                                  batch_size=batch_size, cache_dir=cache_dir,
-                                 read_options=ReadOptions(window=parse_window(window), slice_index=slice_index)),
+                                 read_options=read_options),
     )
     with make_progress(err_console) as progress:
         report = run_harmonize(request, on_stage=StageProgress(progress).stage)

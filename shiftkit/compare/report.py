@@ -20,7 +20,7 @@ from shiftkit.compare.tables import (  # noqa: E402
     relative_improvement,
     table_markdown,
 )
-from shiftkit.io import atomic_write, write_json, write_text  # noqa: E402
+from shiftkit.io import json_text, write_files, write_json  # noqa: E402
 from shiftkit.report.html import Page  # noqa: E402
 from shiftkit.report.plots import figure_png  # noqa: E402
 
@@ -60,12 +60,13 @@ def write_compare_report(out: Path, table: CompareTable, extra: dict | None = No
     summary = {**compare_summary(table), **(extra or {})}
     rel = summary["relative_improvement"][table.main_metric]
     plots = {arch: relative_bars(rel[arch], arch, table.main_metric) for arch in rel}
-    for arch, png in plots.items():
-        atomic_write(out / "plots" / f"relative_{arch}.png", lambda tmp, png=png: tmp.write_bytes(png))
+    files = {out / "plots" / f"relative_{arch}.png": lambda tmp, png=png: tmp.write_bytes(png)
+             for arch, png in plots.items()}
     summary["plots"] = [f"plots/relative_{arch}.png" for arch in plots]
-    write_json(out / "compare.json", summary)
-    write_text(out / "compare.md", _markdown(table, summary))
-    write_text(out / "compare.html", _html(table, summary, plots))
+    texts = {"compare.json": json_text(summary), "compare.md": _markdown(table, summary),
+             "compare.html": _html(table, summary, plots)}
+    files.update({out / name: lambda tmp, text=text: tmp.write_text(text) for name, text in texts.items()})
+    write_files(files)  # one set: the tables, the JSON and the plots always describe the same runs
     return summary
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from shiftkit.io import atomic_write, write_json, write_text
+from shiftkit.io import json_text, write_files
 from shiftkit.report import plots
 from shiftkit.recommend.recommender import ShiftFacts, recommend
 from shiftkit.report.html import Page
@@ -129,10 +129,11 @@ def write_report(profile: ShiftProfile, data: Embedded, out: Path, domain: str |
     report["recommendation"] = recommendation(report, domain)
     figures = _plots(profile, data)  # everything is computed before the first file is written
     html = _html(profile, figures, report["skipped_images"], report["recommendation"])
-    write_json(out / "report.json", report)
+    files = {out / "report.json": lambda tmp, text=json_text(report): tmp.write_text(text)}
     for name, png in figures.items():
-        atomic_write(out / "plots" / f"{name}.png", lambda tmp, png=png: tmp.write_bytes(png))
-    write_text(out / "report.html", html)
+        files[out / "plots" / f"{name}.png"] = lambda tmp, png=png: tmp.write_bytes(png)
+    files[out / "report.html"] = lambda tmp: tmp.write_text(html)
+    write_files(files)  # one set: a full disk leaves the previous report (or none), never half of this one
     return report
 
 
