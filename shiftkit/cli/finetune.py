@@ -10,6 +10,8 @@ from rich.table import Table
 
 from shiftkit.cli.common import (console, err_console, output_folder, parse_window, previous_run, user_errors,
                                  warn_skipped)
+from shiftkit.cli.options import (AlphaOption, BetaOption, ClassWeightOption, LpSolverOption, ProtocolOption,
+                                  RgnWeightDecayOption, SpUpdateOption, training_settings)
 from shiftkit.cli.progress import EpochProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.synthetic import write_dataset
@@ -60,9 +62,14 @@ def finetune(
     monitor: str = typer.Option("auto", help="Validation metric for early stopping and the best checkpoint: auto (mAP for multi-label, AUROC otherwise), map, accuracy, auroc, kappa, f1."),
     epochs_per_block: Optional[int] = typer.Option(None, help="g_lf/g_fl: epochs per unfrozen block (default epochs // blocks)."),
     lp_epochs: int = typer.Option(5, help="lp_ft: epochs of linear probing before all layers train."),
-    alpha: float = typer.Option(0.01, help="l1_sp/l2_sp: weight of the distance to the pre-trained weights."),
-    beta: float = typer.Option(0.01, help="l1_sp/l2_sp: weight of the new head's norm."),
+    protocol: ProtocolOption = "shiftkit",
+    lp_solver: LpSolverOption = None,
+    class_weight: ClassWeightOption = None,
+    sp_update: SpUpdateOption = None,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
     rgn_batches: int = typer.Option(5, help="auto_rgn: batches per epoch for the relative gradient norms."),
+    rgn_weight_decay: RgnWeightDecayOption = 1e-4,
     window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images (default: 0.5-99.5th percentile per image)."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: the middle one)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Disk cache for decoded, resized images (reused across runs)."),
@@ -85,6 +92,7 @@ def finetune(
     if ctx.is_main:
         previous_run(out, resume, overwrite)
     check_strategy_name(strategy)  # before --demo writes any data
+    train_settings, strategy_settings = training_settings(protocol, lp_solver, class_weight, sp_update, alpha, beta)
     defaults = DEMO_DEFAULTS if demo else DEFAULTS
     if demo:
         if data is not None:
@@ -113,10 +121,10 @@ def finetune(
             strategy=strategy, lr=_given(lr, defaults["lr"]), epochs=_given(epochs, defaults["epochs"]),
             batch_size=batch_size,
             patience=patience, seed=seed, device=device, monitor=monitor, num_workers=workers,
-            precision=precision,
+            precision=precision, **train_settings,
         ),
-        strategy=StrategyConfig(epochs_per_block=epochs_per_block, lp_epochs=lp_epochs, alpha=alpha, beta=beta,
-                                rgn_batches=rgn_batches),
+        strategy=StrategyConfig(epochs_per_block=epochs_per_block, lp_epochs=lp_epochs, rgn_batches=rgn_batches,
+                                rgn_weight_decay=rgn_weight_decay, **strategy_settings),
     )
     if not ctx.is_main:  # other ranks train silently; rank 0 shows progress and writes the files
         run_finetune(request)

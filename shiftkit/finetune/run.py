@@ -6,8 +6,9 @@ of every batch, and only rank 0 writes files and reports progress (see ``shiftki
 
 from __future__ import annotations
 
+import math
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,13 +83,17 @@ def _split(request: FinetuneRequest) -> tuple[ImageTable, ImageTable, ImageTable
     return train, val, test
 
 
+MAX_LR = 10.0  # far above any learning rate that trains a network with Adam; larger values are typing mistakes
 MIN_IMAGE_SIZE = 32  # below this, VGG's and DenseNet's pooling stages run out of pixels
 
 
 def _check_options(request: FinetuneRequest) -> None:
     cfg = request.train
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1 or cfg.lr <= 0:
-        raise ConfigError("--epochs, --batch-size and --patience must be at least 1, and --lr positive")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1:
+        raise ConfigError("--epochs, --batch-size and --patience must be at least 1")
+    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LR):
+        raise ConfigError(f"--lr must be a finite number above 0 and at most {MAX_LR:g} (got {cfg.lr})")
+    cfg.validate()
     if request.image_size is not None and request.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {request.image_size})")
     check_strategy_name(cfg.strategy)
@@ -160,9 +165,11 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         "sizes": {name: len(d) for name, d in datasets.items()},
         "resumed": bool(resumed),
         "history": trainer.history,
+        "linear_probe": next((h["linear_probe"] for h in reversed(trainer.history) if "linear_probe" in h), None),
         "config": {
+            "protocol": cfg.protocol,
             "train": config_dict(cfg),
-            "strategy": asdict(request.strategy),
+            "strategy": strategy.config_dict(),
             "weights": request.weights,
             "image_size": adapted.preprocessing.crop,
             "resize": adapted.preprocessing.resize,

@@ -6,7 +6,10 @@ changes, through four hooks the :class:`~shiftkit.finetune.trainer.Trainer` call
 - ``begin_epoch(epoch, probe) -> bool``: update the plan; True when the parameter groups changed (the
   trainer then rebuilds the optimizer, as the paper's strategies do at each stage);
 - ``param_groups() -> list[ParamGroup]``: what trains now and at which learning rate;
-- ``penalty() -> Tensor | None``: a term added to the loss (L1-SP, L2-SP);
+- ``penalty() -> Tensor | None``: a term added to the loss (L1-SP, L2-SP as the paper writes them);
+- ``after_step()``: called after each optimizer step (the decoupled L1-/L2-SP pull toward the pre-trained weights);
+- ``is_linear_probe() -> bool``: the current plan is a linear probe (head only), which the trainer may solve
+  outright instead of by Adam steps (``lp``, the first phase of ``lp_ft``); solved, it counts as a plateau.
 - ``on_plateau(epoch) -> bool``: early stopping would stop now; a staged strategy may move to its next stage
   instead (True), which resets the patience counter.
 
@@ -15,6 +18,7 @@ Register a ninth with ``@register("name")`` on a :class:`Strategy` subclass; the
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from shiftkit.errors import ConfigError
+from shiftkit.finetune.protocol import SP_UPDATES, check_choice
 from shiftkit.models.registry import AdaptedModel
 
 GradientProbe = Callable[[int], Iterator[dict[str, torch.Tensor]]]
@@ -34,6 +39,7 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 class ParamGroup:
     names: list[str]
     lr: float
+    weight_decay: float = 0.0  # Adam's (coupled) L2 weight decay
 
 
 @dataclass
@@ -42,17 +48,22 @@ class StrategyConfig:
     epochs: int = 50
     epochs_per_block: int | None = None  # g_lf / g_fl; default max(1, epochs // n_blocks)
     lp_epochs: int = 5  # lp_ft
-    alpha: float = 0.01  # l1_sp / l2_sp, on the pre-trained part
-    beta: float = 0.01  # l1_sp / l2_sp, on the new head
+    alpha: float | None = None  # l1_sp / l2_sp, on the pre-trained part; None: SP_DEFAULTS for the update
+    beta: float | None = None  # l1_sp / l2_sp, on the new head; None: SP_DEFAULTS for the update
+    sp_update: str = "decoupled"  # l1_sp / l2_sp: "decoupled" (a pull after each step) or "penalty" (eq. 1/3)
     rgn_batches: int = 5  # auto_rgn: batches per epoch for the gradient-norm probe (the authors' 5)
+    rgn_weight_decay: float = 1e-4  # auto_rgn: Adam weight decay, as the authors' code (surgical-finetuning)
 
     def validate(self) -> None:
         if self.epochs_per_block is not None and self.epochs_per_block < 1:
             raise ConfigError("--epochs-per-block must be at least 1")
         if self.lp_epochs < 0 or self.rgn_batches < 1:
             raise ConfigError("--lp-epochs must be at least 0 and --rgn-batches at least 1")
-        if self.alpha < 0 or self.beta < 0:
-            raise ConfigError("--alpha and --beta must not be negative")
+        for option, value in (("--alpha", self.alpha), ("--beta", self.beta),
+                              ("--rgn-weight-decay", self.rgn_weight_decay)):
+            if value is not None and not (math.isfinite(value) and 0 <= value <= 1e6):
+                raise ConfigError(f"{option} must be a finite number from 0 to 1e6 (got {value})")
+        check_choice("--sp-update", self.sp_update, SP_UPDATES)
 
 
 class Strategy:
@@ -80,7 +91,14 @@ class Strategy:
     def on_plateau(self, epoch: int) -> bool:
         return False
 
+    def after_step(self) -> None:
+        pass
+
+    def is_linear_probe(self) -> bool:
+        return False
+
     def config_dict(self) -> dict:
+        """The settings as this strategy uses them (recorded in metrics.json and in the resume identity)."""
         return asdict(self.config)
 
     # -- resume --------------------------------------------------------------------------------------
@@ -131,6 +149,9 @@ class LinearProbing(Strategy):
 
     def param_groups(self) -> list[ParamGroup]:
         return [ParamGroup(self.head_names, self.config.lr)]
+
+    def is_linear_probe(self) -> bool:
+        return True
 
 
 class _Staged(Strategy):
@@ -233,12 +254,33 @@ class LinearProbeThenFineTune(_Staged):
         names = self.head_names if self.stage == 0 else list(self.params)
         return [ParamGroup(names, self.config.lr)]
 
+    def is_linear_probe(self) -> bool:
+        return self.stage == 0
+
     def describe(self) -> dict:
         return {"stage": self.stage, "phase": "lp" if self.stage == 0 else "ft"}
 
 
+SP_DEFAULTS = {
+    # (strategy, update): (alpha, beta). "penalty" is the paper's loss term, whose scale the paper does not give;
+    # the decoupled values were chosen so that the backbone adapts (see README, "L1-SP and L2-SP under Adam").
+    ("l1_sp", "penalty"): (0.01, 0.01),
+    ("l2_sp", "penalty"): (0.01, 0.01),
+    ("l1_sp", "decoupled"): (0.1, 0.1),
+    ("l2_sp", "decoupled"): (10.0, 10.0),
+}
+
+
 class _StartingPointRegularizer(Strategy):
-    """All layers train; the loss adds alpha * d(w, w0) on the pre-trained part and beta * |w| on the head."""
+    """All layers train; the pre-trained part is held near w0 by alpha, the new head near 0 by beta.
+
+    ``sp_update="penalty"`` adds the paper's term to the loss (eq. 1 / eq. 3), so Adam normalises it together with
+    the cross-entropy gradient: an L1 pull of alpha per weight then outweighs a typical gradient and the backbone
+    hardly moves. ``"decoupled"`` (the default) leaves the loss alone and, after each Adam step at learning rate
+    ``lr``, pulls toward w0 as AdamW applies weight decay (L2: ``w -= lr * alpha * (w - w0)``), or takes the
+    proximal step of the L1 term (``w - w0`` soft-thresholded by ``lr * alpha``): the pull is measured in units
+    of the step Adam takes, whatever the gradients' scale.
+    """
 
     def __init__(self, adapted: AdaptedModel, config: StrategyConfig) -> None:
         super().__init__(adapted, config)
@@ -247,6 +289,9 @@ class _StartingPointRegularizer(Strategy):
         self.backbone = [self.params[n] for n in self.backbone_names]
         self.head = [self.params[n] for n in self.head_names]
         self.start = [p.detach().clone() for p in self.backbone]
+        default_alpha, default_beta = SP_DEFAULTS[(self.name, config.sp_update)]
+        self.alpha = default_alpha if config.alpha is None else config.alpha
+        self.beta = default_beta if config.beta is None else config.beta
 
     def backbone_named(self) -> list[tuple[str, torch.Tensor]]:
         return list(zip(self.backbone_names, self.backbone))
@@ -254,9 +299,27 @@ class _StartingPointRegularizer(Strategy):
     def distance(self, diffs: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def penalty(self) -> torch.Tensor:
+    def pull(self, diff: torch.Tensor, step: float) -> torch.Tensor:
+        """The decoupled update of ``diff`` (w - w0, or w for the head) for a pull of strength ``step``."""
+        raise NotImplementedError
+
+    def penalty(self) -> torch.Tensor | None:
+        if self.config.sp_update != "penalty":
+            return None
         diffs = [p - p0 for p, p0 in zip(self.backbone, self.start)]
-        return self.config.alpha * self.distance(diffs) + self.config.beta * self.distance(self.head)
+        return self.alpha * self.distance(diffs) + self.beta * self.distance(self.head)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.config.sp_update != "decoupled":
+            return
+        for p, p0 in zip(self.backbone, self.start):
+            p.copy_(p0 + self.pull(p - p0, self.config.lr * self.alpha))
+        for p in self.head:
+            p.copy_(self.pull(p, self.config.lr * self.beta))
+
+    def config_dict(self) -> dict:
+        return {**asdict(self.config), "alpha": self.alpha, "beta": self.beta}
 
     # w0 is not saved in checkpoints: a resumed run rebuilds the same model from the same weights first.
     def to(self, device: torch.device) -> None:
@@ -265,23 +328,30 @@ class _StartingPointRegularizer(Strategy):
 
 @register("l1_sp")
 class L1StartingPoint(_StartingPointRegularizer):
-    """Eq. 1: alpha * ||w_s - w0_s||_1 + beta * ||w_head||_1 (§3.1.6)."""
+    """Eq. 1: alpha * ||w_s - w0_s||_1 + beta * ||w_head||_1 (§3.1.6); decoupled: its proximal step."""
 
     def distance(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([t.abs().sum() for t in tensors]).sum()
 
+    def pull(self, diff: torch.Tensor, step: float) -> torch.Tensor:
+        return diff.sign() * (diff.abs() - step).clamp_min(0)
+
 
 @register("l2_sp")
 class L2StartingPoint(_StartingPointRegularizer):
-    """Eq. 3: alpha * ||w_s - w0_s||_2^2 + beta * ||w_head||_2^2 (§3.1.7)."""
+    """Eq. 3: alpha * ||w_s - w0_s||_2^2 + beta * ||w_head||_2^2 (§3.1.7); decoupled: AdamW-style decay to w0."""
 
     def distance(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([t.pow(2).sum() for t in tensors]).sum()
 
+    def pull(self, diff: torch.Tensor, step: float) -> torch.Tensor:
+        return diff * (1.0 - min(step, 1.0))
+
 
 @register("auto_rgn")
 class AutoRGN(Strategy):
-    """Per-tensor learning rates from relative gradient norms, as Lee et al.'s code does it (§3.1.8).
+    """Per-tensor learning rates from relative gradient norms, as Lee et al.'s code does it (§3.1.8), with its
+    Adam weight decay (``rgn_weight_decay``, 1e-4 in ``anniesch/surgical-finetuning``'s main.py).
 
     Once per epoch, over ``rgn_batches`` training batches, each parameter tensor's ||g||_2 / ||w||_2 is
     averaged; norm-layer parameters are skipped (and, as in the authors' code, not trained); the ratios are
@@ -314,7 +384,8 @@ class AutoRGN(Strategy):
         return True
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup([name], self.config.lr * self.ratios[name]) for name in self.tuned]
+        return [ParamGroup([name], self.config.lr * self.ratios[name], self.config.rgn_weight_decay)
+                for name in self.tuned]
 
     def state_dict(self) -> dict:
         return {"ratios": dict(self.ratios)}

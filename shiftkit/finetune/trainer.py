@@ -4,7 +4,11 @@ The trainer knows nothing about particular strategies: each epoch it asks the st
 rebuilds Adam when that changes), adds the strategy's penalty to the loss, and lets it intercept early
 stopping. It keeps the best checkpoint by the validation metric, writes a resumable checkpoint after every
 epoch, and, while the backbone is entirely frozen (``lp``, the first phase of ``lp_ft``), trains the head
-on backbone features computed once instead of running the frozen backbone every epoch.
+on backbone features computed once instead of running the frozen backbone every epoch: by default it solves
+that convex problem outright when the strategy says its plan is a linear probe (``lp_solver="lbfgs"``, see
+linear_probe.py) in one epoch, which then counts as a plateau (``lp`` stops, ``lp_ft`` moves on to fine-tuning);
+``lp_solver="adam"`` trains it by Adam steps as the paper does.
+The training loss is class-weighted by inverse training priors (``class_weight="balanced"``) unless asked not to.
 
 On CUDA it trains in bf16 autocast (fp16 with loss scaling where bf16 is unsupported), channels-last, from
 pinned memory with non-blocking copies and persistent loader workers. Under ``torchrun`` (a
@@ -33,7 +37,9 @@ from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.features import head_inputs_and_outputs
 from shiftkit.finetune import distributed as dist_utils
 from shiftkit.finetune.distributed import SINGLE, DistContext, GlobalBatchSampler, rank_slice
+from shiftkit.finetune.linear_probe import balanced_class_weights, fit_linear_probe
 from shiftkit.finetune.metrics import compute_metrics
+from shiftkit.finetune.protocol import CLASS_WEIGHTS, LP_SOLVERS, check_choice
 from shiftkit.finetune.strategies import Strategy
 from shiftkit.io import save_torch
 from shiftkit.models.registry import AdaptedModel
@@ -55,6 +61,13 @@ class TrainConfig:
     cache_features: bool = True  # train a frozen backbone's head on features computed once
     num_workers: int | None = None  # loader worker processes; None: 0 on CPU, up to 8 per GPU on CUDA
     precision: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 on CPU), bf16, fp16, fp32
+    lp_solver: str = "lbfgs"  # a frozen backbone's head: lbfgs (solved, C chosen on validation) or adam (the paper)
+    class_weight: str = "balanced"  # training loss weights: balanced (inverse training priors) or none (the paper)
+    protocol: str = "shiftkit"  # which protocol's defaults were used (recorded; see protocol.py)
+
+    def validate(self) -> None:
+        check_choice("--lp-solver", self.lp_solver, LP_SOLVERS)
+        check_choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -124,6 +137,23 @@ class _Collate:
         return collate(items) if items else self.empty
 
 
+class WeightedLoss:
+    """The summed training loss, optionally weighted per class (single-label: ``w[y]`` per image; multi-label:
+    each label's positive or negative weight per element). The mean weight over the training set is 1."""
+
+    def __init__(self, task: str, weights: np.ndarray | None, device: torch.device) -> None:
+        self.task = task
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.task == "multilabel":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            if self.weights is not None:
+                loss = loss * torch.where(targets > 0.5, self.weights[1], self.weights[0])
+            return loss.sum()
+        return nn.functional.cross_entropy(logits, targets, weight=self.weights, reduction="sum")
+
+
 class Trainer:
     def __init__(
         self,
@@ -150,9 +180,13 @@ class Trainer:
         self.callback = (callback if self.dist.is_main else None) or _Silent()
         self.identity_extra = identity_extra or {}
         self.monitor = config.monitor if config.monitor != "auto" else ("map" if task == "multilabel" else "auroc")
-        # Summed per-sample losses; the trainer divides by the global batch (see _batch_loss).
-        self.loss_fn = nn.BCEWithLogitsLoss(reduction="sum") if task == "multilabel" else \
-            nn.CrossEntropyLoss(reduction="sum")
+        config.validate()
+        # Summed per-sample losses; the trainer divides by the global batch (see _batch_loss). Training is
+        # class-weighted when asked; evaluation losses never are (they describe the evaluation set as it is).
+        self.class_weights = balanced_class_weights(
+            train.targets.numpy(), task, adapted.head.out_features) if config.class_weight == "balanced" else None
+        self.loss_fn = WeightedLoss(task, self.class_weights, self.device)
+        self.eval_loss_fn = WeightedLoss(task, None, self.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
         self.use_amp = self.amp_dtype is not None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -178,6 +212,7 @@ class Trainer:
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaders: dict[tuple[int, bool, int], DataLoader] = {}
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._probe_fit: dict | None = None  # what the L-BFGS head solver chose this epoch
 
     # -- what trains -----------------------------------------------------------------------------------
     def _apply_plan(self) -> None:
@@ -189,7 +224,8 @@ class Trainer:
         for name, param in self.params.items():
             param.requires_grad_(name in trainable)
         self.optimizer = torch.optim.Adam(
-            [{"params": [self.params[n] for n in g.names], "lr": g.lr} for g in groups if g.names],
+            [{"params": [self.params[n] for n in g.names], "lr": g.lr, "weight_decay": g.weight_decay}
+             for g in groups if g.names],
             lr=self.config.lr,
         )
         self.ddp = None
@@ -328,7 +364,45 @@ class Trainer:
     def _uses_cached_features(self) -> bool:
         return self.config.cache_features and self.backbone_frozen()
 
+    def _solves_head(self) -> bool:
+        return self.config.lp_solver == "lbfgs" and self.strategy.is_linear_probe() and self.backbone_frozen()
+
+    def _solve_head(self, epoch: int) -> float:
+        """Fit the head outright on the cached features (C chosen on validation); the mean training loss.
+        Under DDP every rank holds all features and solves the same problem, so the heads agree."""
+        self.callback.on_epoch_start(epoch, 1, "head solved by L-BFGS on cached features")
+        self._set_modes()
+        train_x, train_y = self._cached_features("train")
+        val_x, val_y = self._cached_features("val")
+        val_targets = val_y.cpu().numpy()
+        per_sample = val_targets.shape[1] if self.task == "multilabel" else 1
+
+        def scorer(probabilities: np.ndarray) -> tuple[float, float]:
+            tensor = torch.as_tensor(probabilities, dtype=torch.float32, device=self.device)
+            logits = tensor.logit(eps=1e-7) if self.task == "multilabel" else tensor.clamp_min(1e-12).log()
+            loss = self.eval_loss_fn(logits, self._targets(val_y)).item() / max(len(val_targets) * per_sample, 1)
+            return self._score(compute_metrics(val_targets, probabilities, self.task), loss)[0], loss
+
+        fit = fit_linear_probe(
+            train_x.cpu().numpy(), train_y.cpu().numpy(), val_x.cpu().numpy(), self.task,
+            self.adapted.head.out_features, scorer, self.class_weights, seed=self.config.seed,
+        )
+        head = self.adapted.head
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(fit.weight, dtype=head.weight.dtype))
+            head.bias.copy_(torch.as_tensor(fit.bias, dtype=head.bias.dtype))
+        self._probe_fit = fit.record()
+        self.callback.on_batch()
+        with torch.no_grad(), self._autocast():
+            logits = self.adapted.head(train_x).float()
+        loss = self.loss_fn(logits, self._targets(train_y)).item() / max(len(train_x), 1)
+        if self.task == "multilabel":
+            loss /= train_y.shape[1]
+        return loss
+
     def _train_epoch(self, epoch: int) -> float:
+        if self._solves_head():
+            return self._solve_head(epoch)
         from_features = self._uses_cached_features()
         seed = _epoch_seed(self.config.seed, epoch)
         if from_features:
@@ -369,6 +443,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            self.strategy.after_step()
             total += loss.detach().double() * (global_size / self.dist.world_size)
             self.callback.on_batch()
         dist_utils.all_reduce_sum(total, self.dist)
@@ -404,7 +479,7 @@ class Trainer:
         for inputs, target in batches:
             logits = self._forward(inputs, bool(from_features)).float()
             target = self._targets(target)
-            loss = self.loss_fn(logits, target)
+            loss = self.eval_loss_fn(logits, target)
             total += loss.double() / (target.shape[1] if self.task == "multilabel" else 1)
             probabilities.append(self._probabilities(logits))
             targets.append(target)
@@ -507,6 +582,7 @@ class Trainer:
             probe = functools.partial(self._probe, epoch=epoch)
             if self.strategy.begin_epoch(epoch, probe) or self.optimizer is None:
                 self._apply_plan()
+            self._probe_fit = None
             train_loss = self._train_epoch(epoch)
             metrics, val_loss = self._validate()
             score, monitored = self._score(metrics, val_loss)
@@ -516,7 +592,10 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             stop = False
-            if self.bad_epochs >= self.config.patience:
+            if self._probe_fit is not None:  # a solved head cannot improve by more epochs of the same plan
+                self.bad_epochs = 0
+                stop = not self.strategy.on_plateau(epoch)
+            elif self.bad_epochs >= self.config.patience:
                 if self.strategy.on_plateau(epoch):
                     self.bad_epochs = 0
                 else:
@@ -532,6 +611,8 @@ class Trainer:
                 "stop": stop,
                 **self.strategy.describe(),
             }
+            if self._probe_fit is not None:
+                entry["linear_probe"] = self._probe_fit
             self.history.append(entry)
             self._save_checkpoint(epoch, improved)
             self.callback.on_epoch_end(entry)
