@@ -153,7 +153,7 @@ def output_lock(out: str | Path, *, file: bool = False, name: str = LOCK_NAME,
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot create the folder {folder} ({_reason(exc)})") from None
-    fd = None
+    fd, held = None, False
     try:
         for _ in range(20):
             try:
@@ -169,12 +169,14 @@ def output_lock(out: str | Path, *, file: bool = False, name: str = LOCK_NAME,
             except OSError as exc:
                 if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
-                break  # a file system without locks (some network mounts): run unlocked
+                held = True  # a file system without locks (some network mounts): run unlocked
+                break
             try:
                 same = os.fstat(fd).st_ino == os.stat(lock).st_ino
             except FileNotFoundError:
                 same = False
             if same:
+                held = True
                 break
             os.close(fd)  # the previous holder removed the file between our open and lock: take the new one
             fd = None
@@ -203,8 +205,9 @@ def output_lock(out: str | Path, *, file: bool = False, name: str = LOCK_NAME,
             raise
     finally:
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
+            if held:  # never the lock file of the run that holds it
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
             os.close(fd)
         _remove_empty(folder, created)  # a run that wrote nothing leaves no folder behind
 

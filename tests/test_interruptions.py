@@ -218,3 +218,102 @@ def test_an_exception_during_a_write_leaves_the_old_file_and_no_temporary(tmp_pa
         atomic_write(target, write)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# -- one run per --out (issue 13, item 3) -------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from shiftkit.io import output_lock
+
+with output_lock(Path(sys.argv[1]), file=sys.argv[3] == "file"):
+    Path(sys.argv[2]).touch()  # tell the parent the lock is held
+    time.sleep(120)
+"""
+
+TINY_FINETUNE = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size",
+                 "64", "--device", "cpu"]
+
+
+def _hold(target: Path, started: Path, kind: str = "folder") -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(target), str(started), kind])
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert started.exists(), "the lock holder never started"
+    return process
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_a_second_run_into_a_held_out_is_refused_and_a_killed_holder_leaves_no_stuck_lock(phantom_dir,
+                                                                                            phantom_test_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from shiftkit.cli import app
+    from shiftkit.io import output_lock
+
+    out = tmp_path / "out"
+    holder = _hold(out, tmp_path / "started")
+    try:
+        runner = CliRunner()
+        for argv in (["finetune", phantom_dir, "--out", out, *TINY_FINETUNE],
+                     ["diagnose", phantom_dir, phantom_test_dir, "--out", out, "--arch", "resnet18", "--weights",
+                      "none", "--image-size", "32", "--device", "cpu", "--tests", "mmd", "--permutations", "20",
+                      "--bootstrap", "10"],
+                     ["harmonize", phantom_test_dir, "--method", "zscore", "--reference", phantom_dir,
+                      "--no-measure", "--out", out]):
+            line = _one_error_line(runner.invoke(app, [str(a) for a in argv]))
+            assert f"--out {out} is in use by another shiftkit run (pid {holder.pid} on " in line, line
+            assert "wait for it to finish, or use another --out" in line
+        assert sorted(p.name for p in out.iterdir()) == [".shiftkit.lock"], "the refused runs wrote into OUT"
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the lock file stays behind; the lock on it dies with the process
+        holder.wait()
+    assert (out / ".shiftkit.lock").exists()
+    with output_lock(out):
+        pass
+    assert list(out.iterdir()) == []
+
+
+def test_combat_output_files_are_locked_too(tmp_path):
+    from typer.testing import CliRunner
+
+    from shiftkit.cli import app
+
+    features = tmp_path / "f.csv"
+    features.write_text("site,f1\n" + "".join(f"s{i % 2},{i * 0.37 % 1:.3f}\n" for i in range(12)))
+    out = tmp_path / "h.csv"
+    holder = _hold(out, tmp_path / "started", "file")
+    try:
+        line = _one_error_line(CliRunner().invoke(app, ["combat", str(features), "--out", str(out)]))
+        assert f"--out {out} is in use by another shiftkit run" in line, line
+        assert not out.exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+def test_finetune_keeps_a_finished_run_unless_told_to_resume_or_overwrite(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from shiftkit.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    argv = ["finetune", str(phantom_dir), "--out", str(out), *TINY_FINETUNE]
+    first = runner.invoke(app, argv)
+    assert first.exit_code == 0, first.output
+    kept = {p: p.read_bytes() for p in (out / "metrics.json", out / "checkpoints" / "best.pt")}
+    line = _one_error_line(runner.invoke(app, [*argv, "--arch", "efficientnet_lite0"]))
+    assert f"--out {out} holds a finished run (metrics.json); add --resume to continue it, --overwrite to " \
+           "replace it, or use another --out" in line, line
+    assert {p: p.read_bytes() for p in kept} == kept, "the refused run changed the finished one"
+    again = runner.invoke(app, [*argv, "--overwrite", "--seed", "1"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 1
