@@ -316,3 +316,22 @@ def test_cli_never_harmonizes_a_numeric_identifier_column(tmp_path):
     assert [r[0] for r in rows] == [str(100000 + i) for i in range(len(features))]
     model = json.loads((tmp_path / "harmonized.combat.json").read_text())
     assert "patient_id" not in model["extra"]["features"]
+
+
+def test_cli_refuses_an_out_that_is_an_input_however_it_is_spelled(tmp_path):
+    """issue 13, item 5: --out never replaces the input table, however it is spelled (``..``, a symlink)."""
+    features, sites, age = planted(per_site=20)
+    source = write_csv(tmp_path / "f.csv", features, sites, age)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.csv").symlink_to(source)
+    assert runner.invoke(app, ["combat", str(source), "--out", str(tmp_path / "o.csv")]).exit_code == 0
+    model = tmp_path / "o.combat.json"
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for out in (tmp_path / "sub" / ".." / "f.csv", tmp_path / "link.csv"):
+        line = error_line(runner.invoke(app, ["combat", str(source), "--out", str(out)]))
+        assert "would overwrite the input table" in line and "choose another --out" in line, line
+    line = error_line(runner.invoke(app, ["combat", str(source), "--apply", str(model),
+                                          "--out", str(tmp_path / "link.csv")]))
+    assert "would overwrite the input table" in line
+    after = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".shiftkit.lock"}
+    assert after == before

@@ -227,3 +227,28 @@ def test_a_failed_adabn_leaves_the_running_statistics_as_they_were():
         adapt_bn(model, [torch.randn(1, 3)], "adabn")  # no batch of two: nothing to estimate from
     assert torch.equal(model[1].running_mean, torch.full((4,), 5.0))
     assert torch.equal(model[1].running_var, torch.full((4,), 2.0))
+
+
+# -- --out never replaces an input (issue 13, item 5) ---------------------------------------------------------------
+@pytest.mark.parametrize("case", ["out_is_the_run", "out_is_the_checkpoint_file", "checkpoint_file_inside_out",
+                                  "out_is_the_target"])
+def test_cli_adapt_bn_refuses_an_out_that_is_an_input(finetuned, phantom_test_dir, tmp_path, case):
+    import shutil
+
+    run_dir = shutil.copytree(finetuned, tmp_path / "run")  # the shared fixture stays intact if this fails
+    target = shutil.copytree(phantom_test_dir, tmp_path / "target")
+    best = run_dir / "checkpoints" / "best.pt"
+    checkpoint, out = {
+        "out_is_the_run": (run_dir, run_dir),
+        "out_is_the_checkpoint_file": (best, best),
+        "checkpoint_file_inside_out": (best, run_dir),
+        "out_is_the_target": (run_dir, target),
+    }[case]
+    before = {p: p.read_bytes() for root in (run_dir, target) for p in root.rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["adapt-bn", str(checkpoint), str(target), "--out", str(out), "--batch-size", "6",
+                                 "--device", "cpu"])
+    line = error_line(result)
+    assert "choose another --out" in line and str(out) in line, line
+    after = {p: p.read_bytes() for root in (run_dir, target) for p in root.rglob("*") if p.is_file()
+             if p.name != ".shiftkit.lock"}
+    assert after == before  # best.pt, metrics.json and the target untouched, nothing added

@@ -509,3 +509,35 @@ def test_a_harmonizer_that_would_write_non_finite_or_constant_pixels_is_refused(
     with pytest.raises(DataError, match=r"im0\.tiff.*constant"):
         harmonize_table(table, table, "zscore", tmp_path / "b", harmonizer=fitted)
     assert not list((tmp_path / "a").rglob("*.tiff")) and not list((tmp_path / "b").rglob("*.tiff"))
+
+
+# ------------------------------------------------------------------------------- --out is never an input (issue 13, 5)
+
+@pytest.mark.parametrize("case", ["out_is_the_reference", "out_holds_the_input_manifest", "out_holds_the_harmonizer",
+                                  "out_is_the_input_with_jpegs"])
+def test_cli_harmonize_refuses_an_out_that_is_an_input(domains, tmp_path, case):
+    import shutil
+
+    reference = shutil.copytree(domains[0], tmp_path / "reference")
+    target = shutil.copytree(domains[1], tmp_path / "target")  # holds JPEGs, whose outputs are PNGs
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    manifest = lists / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(target.rglob("*.*"))))
+    saved = ZScore().fit(_source_images(2)).save(tmp_path / "fitted" / "harmonizer.json")
+    args = {
+        "out_is_the_reference": [str(target), "--out", str(reference), "--method", "zscore",
+                                 "--reference", str(reference)],
+        "out_holds_the_input_manifest": [str(manifest), "--out", str(lists), "--method", "zscore",
+                                         "--reference", str(reference)],
+        "out_holds_the_harmonizer": [str(target), "--out", str(saved.parent), "--harmonizer", str(saved)],
+        "out_is_the_input_with_jpegs": [str(target), "--out", str(target) + "/.", "--method", "zscore",
+                                        "--reference", str(reference)],
+    }[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["harmonize", *args, "--no-measure"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "choose another --out" in lines[0] and "Traceback" not in result.output, result.output
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".shiftkit.lock"}
+    assert after == before  # nothing replaced, nothing added

@@ -49,6 +49,7 @@ from shiftkit.harmonize.intensity import (
 )
 from shiftkit.harmonize.resample import Resampler
 from shiftkit.io import atomic_write, write_json, write_text
+from shiftkit.paths import refuse_overwriting_inputs
 
 METHODS = ("resample", "histmatch", "nyul", "zscore", "colour")
 COLOUR_METHODS = ("reinhard", "macenko")
@@ -56,6 +57,7 @@ KINDS: dict[str, type[Harmonizer]] = {
     cls.kind: cls for cls in (Resampler, HistogramMatching, NyulStandardization, ZScore, Reinhard, Macenko)
 }
 MIN_IMAGES = 4  # per domain for the before/after shift tests, as diagnose
+OUTPUT_FILES = ("manifest.csv", "harmonizer.json", "harmonize.json", "report.html")  # besides the images
 
 
 def method_of(kind: str) -> str:
@@ -406,6 +408,8 @@ def harmonize_table(table: ImageTable, reference: ImageTable, method: str, out_d
         raise ConfigError(f"the {harmonizer.kind} harmonizer is not fitted")
     out_dir = Path(out_dir)
     root = _input_root(table)
+    refuse_overwriting_inputs(out_dir, [out_dir / "manifest.csv"],
+                              {"input": Path(table.source) if table.source else None, "input's image folder": root})
     tick = on_image or (lambda: None)
     rows, seen = [], {}
     any_site = any(r.site for r in table.records)
@@ -559,6 +563,10 @@ def run_harmonize(request: HarmonizeRequest,
     reference = load_table(request.reference) if request.reference is not None else None
     if reference is not None and len(reference) == 0:
         raise DataError(f"{request.reference}: the reference has no images")
+    refuse_overwriting_inputs(request.out, [request.out / name for name in OUTPUT_FILES], {
+        "input": request.input, "input's image folder": _input_root(table) if len(table) else None,
+        "reference": request.reference, "reference's image folder": _input_root(reference) if reference else None,
+        "saved harmonizer": request.harmonizer})
     stage = on_stage or (lambda description, total: (lambda: None))
     if request.harmonizer is not None:
         harmonizer = load_harmonizer(request.harmonizer, request.method)

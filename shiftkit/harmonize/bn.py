@@ -273,7 +273,8 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     from shiftkit.data.cache import ImageCache
     from shiftkit.data.dataset import ImageDataset, collate
     from shiftkit.data.table import load_table
-    from shiftkit.features import finetuned_info, load_finetuned
+    from shiftkit.features import _finetuned_files, finetuned_info, load_finetuned
+    from shiftkit.paths import refuse_overwriting_inputs
     from shiftkit.finetune.trainer import resolve_device
     from shiftkit.io import save_torch, write_json
 
@@ -285,6 +286,11 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
         raise ConfigError("--epochs must be at least 1 and --lr positive")
     device = resolve_device(request.device)
     checkpoint_file, report_file, metrics_file = _output_paths(request.out)
+    source_checkpoint, source_metrics = _finetuned_files(request.checkpoint)
+    refuse_overwriting_inputs(request.out, [f for f in (checkpoint_file, report_file, metrics_file) if f], {
+        "source model's run folder": request.checkpoint if Path(request.checkpoint).is_dir() else None,
+        "source checkpoint": source_checkpoint, "source model's metrics.json": source_metrics,
+        "target": request.target})
     adapted, classes = load_finetuned(request.checkpoint)
     info = finetuned_info(request.checkpoint)
     layers = _require_bn(adapted.model, f"{request.checkpoint} ({adapted.arch})")

@@ -43,6 +43,7 @@ import numpy as np
 
 from shiftkit.errors import ConfigError, DataError, ModelError
 from shiftkit.io import atomic_write, write_json
+from shiftkit.paths import refuse_overwriting_inputs
 
 LEAKAGE_THRESHOLD = 0.5
 CONVERGENCE = 1e-4  # relative change that stops the parametric EB iteration (neuroCombat's it_sol)
@@ -664,8 +665,8 @@ def run_combat(request: CombatRequest) -> CombatResult:
     """Read the CSV, fit ComBat (or load ``request.apply``), harmonize, write the CSV and the model beside it."""
     if request.out.suffix.lower() != ".csv":
         raise ConfigError(f"--out {request.out}: give a .csv file name (the model is written beside it)")
-    if request.out.resolve() == request.features.resolve():
-        raise ConfigError(f"--out {request.out} would overwrite the input table")
+    writes = [request.out] + ([model_path_for(request.out)] if request.apply is None else [])
+    refuse_overwriting_inputs(request.out, writes, {"input table": request.features, "saved model": request.apply})
     if request.apply is not None and (request.covariates or request.reference_site or request.exclude):
         raise ConfigError("--apply re-uses the saved model's columns, covariates and reference site; "
                           "leave out --covariates, --reference-site and --exclude")
