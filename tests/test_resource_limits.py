@@ -174,3 +174,90 @@ def test_a_budget_too_small_changes_decoding_never_the_images(phantom_dir, monke
             assert torch.equal(roomy[index][0], tight[index][0])
     assert roomy.cache.decodes == 36 and tight.cache.decodes == 36 + 2 * 26
     assert tight.cache.memory_bytes == 10 * 32 * 32
+
+
+# -- decompressed size (issue 13, item 8): the header's size is checked before a pixel is decoded -------------------
+
+def _nifti_claiming(path: Path, dims: tuple[int, int, int]) -> Path:
+    """A few-hundred-byte .nii.gz whose header announces ``dims`` uint8 voxels (its data is a 4^3 volume)."""
+    import gzip
+    import struct
+
+    import SimpleITK as sitk
+
+    plain = path.with_suffix("")  # x.nii
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.uint8)), str(plain))
+    header = bytearray(plain.read_bytes())
+    header[40:48] = struct.pack("<4h", 3, *dims)  # dim[0..3]
+    path.write_bytes(gzip.compress(bytes(header)))
+    plain.unlink()
+    return path
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header (IHDR) announces ``width x height`` RGB pixels, followed by a token of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_volume_announcing_a_billion_voxels_is_refused_from_its_header(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ImageReadError
+
+    monkeypatch.delenv("SHIFTKIT_MAX_IMAGE_GB", raising=False)
+    bomb = _nifti_claiming(tmp_path / "bomb.nii.gz", (1000, 1000, 1000))
+    assert bomb.stat().st_size < 2000
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda self: pytest.fail("pixels read despite the header"))
+    with pytest.raises(ImageReadError) as error:
+        read_image(bomb)
+    assert str(error.value) == (f"{bomb}: image is 1000x1000x1000 voxels, which would take 1.9 GB to decode, above "
+                                "the limit of 1.0 GB per image (set SHIFTKIT_MAX_IMAGE_GB to raise it)")
+
+
+def test_a_huge_png_is_refused_from_its_header_without_pillow_warnings(tmp_path, monkeypatch, recwarn):
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ImageReadError
+
+    monkeypatch.delenv("SHIFTKIT_MAX_IMAGE_GB", raising=False)
+    big = _png_claiming(tmp_path / "big.png", 12000, 12000)
+    with pytest.raises(ImageReadError, match=r"big.png: image is 12000x12000 pixels, which would take 2.0 GB to "
+                                             r"decode, above the limit of 1.0 GB per image \(set SHIFTKIT_MAX_IMAGE_GB"):
+        read_image(big)
+    huge = _png_claiming(tmp_path / "huge.png", 40000, 40000)  # past Pillow's own (raised) limit too
+    with pytest.raises(ImageReadError, match=r"huge.png: image has 1600000000 pixels, which would take at least "
+                                             r"7.5 GB to decode, above the limit of 1.0 GB"):
+        read_image(huge)
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__], [str(w) for w in recwarn]
+
+
+def test_the_image_size_limit_is_the_environment_variable(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ConfigError, ImageReadError
+
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(small)
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", str(15_000 / 1024**3))  # 15 kB: a 64^2 8-bit image needs 20 kB
+    with pytest.raises(ImageReadError, match="small.png: image is 64x64 pixels, which would take 20 kB to decode, "
+                                             "above the limit of 15 kB"):
+        read_image(small)
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", "0")  # no limit
+    assert read_image(small).shape == (64, 64)
+    volume = _nifti_claiming(tmp_path / "volume.nii.gz", (40, 40, 40))  # 125 kB to decode
+    with pytest.raises(ImageReadError, match="volume.nii.gz: image is 40x40x40 voxels, which would take 125 kB"):
+        monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", str(100_000 / 1024**3))
+        read_image(volume)
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", "lots")
+    with pytest.raises(ConfigError, match="SHIFTKIT_MAX_IMAGE_GB='lots' must be a number of GB"):
+        read_image(small)

@@ -10,22 +10,93 @@ Intensity windowing (documented in README, "Images and intensities"):
 A 3-D volume yields its middle axial slice unless ``slice_index`` says otherwise. DICOM MONOCHROME1
 (white = low) comes back already inverted by SimpleITK (ITK >= 5.1), so all grayscale images share one
 polarity; an explicit window applies to those inverted values.
+
+Refused as bad images (README, "Reliability"): a path that is not a regular file (said as what it is: a device, a
+pipe, a symlink loop, ...), an image whose header announces more than ``$SHIFTKIT_MAX_IMAGE_GB`` (1 GiB) of decoding,
+and a float image without a single finite pixel (it is not a black image).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shiftkit.errors import ImageReadError
+from shiftkit.data.paths import path_problem
+from shiftkit.errors import ConfigError, ImageReadError
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SITK_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = PIL_SUFFIXES + SITK_SUFFIXES
 
 ROBUST_PERCENTILES = (0.5, 99.5)
+
+# Decompressed-size guard (README, "Reliability"): before any pixel is decoded, the size the header announces is
+# turned into the memory decoding would take (the decoded samples plus the float32 working copy for PIL; the ITK
+# image plus its NumPy copy for SimpleITK) and refused above this limit, so a 1 MB .nii.gz of 1000^3 voxels or a
+# 12000^2 PNG is one clear line, not gigabytes. $SHIFTKIT_MAX_IMAGE_GB raises (or, at 0, lifts) it. Pillow's own
+# pixel limit follows it (limit / 5 bytes, the least a pixel costs here, so Pillow never refuses an image this check
+# accepts and still guards other Pillow reads), and its DecompressionBombWarning is silenced: this check says it.
+DEFAULT_MAX_IMAGE_BYTES = 1024**3
+MAX_IMAGE_ENV = "SHIFTKIT_MAX_IMAGE_GB"
+
+
+class _NoFinitePixels(Exception):
+    """A float image whose every pixel is NaN or infinite."""
+
+
+def max_image_bytes() -> int | None:
+    """Decoding memory allowed per image: ``$SHIFTKIT_MAX_IMAGE_GB`` (GiB, read for each image; 0 means no
+    limit) or 1 GiB. A value that is not a non-negative number is a :class:`ConfigError` naming the variable."""
+    text = os.environ.get(MAX_IMAGE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{MAX_IMAGE_ENV}='{text}' must be a number of GB (e.g. 4), or 0 for no limit")
+    return None if value == 0 else int(value * 1024**3)
+
+
+def _size_text(n: float) -> str:
+    for unit, scale in (("GB", 1024**3), ("MB", 1024**2)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1024:.0f} kB"
+
+
+def _check_size(path: Path, dims: tuple[int, ...], bytes_needed: int, limit: int | None) -> None:
+    if limit is not None and bytes_needed > limit:
+        shape = "x".join(str(d) for d in dims)
+        unit = "voxels" if len(dims) > 2 and min(dims) > 1 else "pixels"
+        raise ImageReadError(f"{path}: image is {shape} {unit}, which would take {_size_text(bytes_needed)} to "
+                             f"decode, above the limit of {_size_text(limit)} per image (set {MAX_IMAGE_ENV} to "
+                             "raise it)")
+
+
+MIN_PIL_BYTES_PER_PIXEL = 5  # one 8-bit sample + its float32 copy
+
+
+def _pil(limit: int | None):
+    """PIL's Image module, its decompression-bomb limit set from ``limit`` and its warning silenced (each time:
+    ``warnings.catch_warnings`` blocks elsewhere may have restored the filters)."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    Image.MAX_IMAGE_PIXELS = None if limit is None else max(1, limit // MIN_PIL_BYTES_PER_PIXEL)
+    return Image
+
+
+def _pil_bytes_per_pixel(mode: str, bands: int) -> int:
+    stored = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F", "I;32") else bands
+    return stored + 4 * (1 if bands < 3 else 3)  # the decoded samples + the float32 image returned
 
 
 @dataclass(frozen=True)
@@ -47,6 +118,8 @@ def is_image_path(path: Path) -> bool:
 def _window(array: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     array = array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):
+        if not np.any(np.isfinite(array)):  # all NaN/inf: there is no image, not a black one
+            raise _NoFinitePixels()
         array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
     if window is None:
         low, high = np.percentile(array, ROBUST_PERCENTILES)
@@ -57,10 +130,47 @@ def _window(array: np.ndarray, window: tuple[float, float] | None) -> np.ndarray
     return np.clip((array - low) / (high - low), 0.0, 1.0)
 
 
-def _read_pil(path: Path, options: ReadOptions) -> np.ndarray:
-    from PIL import Image
+def open_pil(path: Path):
+    """``PIL.Image.open(path)`` (header only, use it as a context manager), refused with an
+    :class:`ImageReadError` when decoding it would exceed :func:`max_image_bytes`."""
+    limit = max_image_bytes()
+    Image = _pil(limit)
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's pixel limit, i.e. surely over ``limit``
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = int(pixels.group(1)) if pixels else 2 * Image.MAX_IMAGE_PIXELS
+        raise ImageReadError(f"{path}: image has {count} pixels, which would take at least "
+                             f"{_size_text(count * MIN_PIL_BYTES_PER_PIXEL)} to decode, above the limit of "
+                             f"{_size_text(limit)} per image (set {MAX_IMAGE_ENV} to raise it)") from None
+    width, height = image.size
+    try:
+        _check_size(path, (width, height), width * height * _pil_bytes_per_pixel(image.mode, len(image.getbands())),
+                    limit)
+    except ImageReadError:
+        image.close()
+        raise
+    return image
 
-    with Image.open(path) as image:
+
+def read_sitk(path: Path):
+    """``SimpleITK.ReadImage(path)``, refused with an :class:`ImageReadError` before any pixel is read when the
+    header's size means decoding (the ITK image plus its NumPy copy) would exceed :func:`max_image_bytes`."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # the header: size and pixel type, no pixels yet
+    dims = tuple(int(d) for d in reader.GetSize())
+    pixel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())  # "16-bit signed integer", "vector of ..."
+    bits = re.search(r"(\d+)-bit", pixel_type)
+    sample = (int(bits.group(1)) // 8 if bits else 8) * (2 if pixel_type.startswith("complex") else 1)
+    _check_size(path, dims, 2 * math.prod(dims) * sample * reader.GetNumberOfComponents(), max_image_bytes())
+    return reader.Execute()
+
+
+def _read_pil(path: Path, options: ReadOptions) -> np.ndarray:
+    with open_pil(path) as image:
         image.load()
         mode = image.mode
         if mode.startswith("I") or mode == "F":  # 16-bit ("I;16", "I;16B"), 32-bit integer, float
@@ -73,7 +183,7 @@ def _read_pil(path: Path, options: ReadOptions) -> np.ndarray:
 def _read_sitk(path: Path, options: ReadOptions) -> np.ndarray:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    image = read_sitk(path)
     array = sitk.GetArrayFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         channels = array.shape[-1]
@@ -122,8 +232,9 @@ def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.nda
     Raises :class:`ImageReadError` naming the file when it is missing, truncated or not an image.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
     name = path.name.lower()
     try:
         if name.endswith(PIL_SUFFIXES):
@@ -132,8 +243,10 @@ def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.nda
             array = _read_sitk(path, options)
         else:
             raise ImageReadError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    except ImageReadError:
+    except (ImageReadError, ConfigError):
         raise
+    except _NoFinitePixels:
+        raise ImageReadError(f"{path}: image has no finite pixel values (all NaN or infinite)") from None
     except PermissionError:
         raise ImageReadError(f"{path}: cannot read file (permission denied)") from None
     except Exception as exc:  # PIL and SimpleITK raise many types for corrupt files
