@@ -535,6 +535,50 @@ def test_demo_checks_its_options_before_generating_data(tmp_path, monkeypatch, o
     assert not out.exists() or _files(out) == []
 
 
+# -- one minimum image size, one resampling limit (issue 13, item 10) ---------------------------------------------
+
+def _size_argv(command: str, good: Good, tmp_path: Path, out: Path, size: str) -> list:
+    """``command`` on the good data, with ``--image-size size`` (the only thing wrong)."""
+    embed = ["--arch", "resnet18", "--weights", "none", "--device", "cpu", "--image-size", size]
+    if command == "audit":
+        images = good.images("a") + good.images("b")
+        sites = _manifest(tmp_path / "sites.csv", [(str(p), p.parent.name, ("north", "south")[i % 2])
+                                                   for i, p in enumerate(images)], header="path,label,site")
+        return ["audit", sites, "--site-column", "site", "--out", out, "--min-images-per-site", "5", *embed]
+    if command == "harmonize":
+        return ["harmonize", good.target, "--method", "zscore", "--reference", good.classes, "--out", out,
+                "--permutations", "20", *embed]
+    argv = COMMANDS[command](good.classes, out, good)
+    return [*argv[:argv.index("--image-size") + 1], size, *argv[argv.index("--image-size") + 2:]]
+
+
+@pytest.mark.parametrize("size", ["1", "31"])
+@pytest.mark.parametrize("command", ["finetune", "diagnose", "audit", "harmonize"])
+def test_an_image_size_below_the_minimum_is_one_rule_for_every_command(good, tmp_path, command, size):
+    from shiftkit.data.preprocess import MIN_IMAGE_SIZE
+    from shiftkit.finetune import run as finetune_run
+
+    assert finetune_run.MIN_IMAGE_SIZE is MIN_IMAGE_SIZE == 32  # one constant, imported where it is used
+    out = tmp_path / "out"
+    result = runner.invoke(app, [str(a) for a in _size_argv(command, good, tmp_path, out, size)])
+    assert _error_line(result) == f"error: --image-size must be at least {MIN_IMAGE_SIZE} (got {size})"
+    assert _files(out) == [], "a refused run left files behind"
+
+
+def test_resampling_to_a_tiny_spacing_is_refused_before_any_image_is_written(good, tmp_path):
+    from shiftkit.harmonize.resample import MAX_RESAMPLED_VOXELS
+
+    rows = [(str(p), "a", "0.5x0.5") for p in good.images("a")]
+    data = _manifest(tmp_path / "spaced.csv", rows, header="path,label,spacing")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["harmonize", str(data), "--method", "resample", "--spacing", "0.0001,0.0001",
+                                 "--reference", str(data), "--out", str(out), "--no-measure"])
+    line = _error_line(result)
+    assert "a0.png" in line and "160000x160000" in line and "--spacing" in line, line
+    assert f"{MAX_RESAMPLED_VOXELS:,}" in line, line
+    assert _files(out) == [], "a refused run left files behind"
+
+
 if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code
     import tempfile
 

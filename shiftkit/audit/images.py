@@ -23,6 +23,7 @@ from shiftkit import __version__
 from shiftkit.audit.corrections import CORRECTIONS
 from shiftkit.audit.manifest import AuditTable, read_audit_manifest
 from shiftkit.audit.matrix import MIN_PER_SITE, ShiftMatrix, shift_matrix
+from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, DataError
 
@@ -106,6 +107,7 @@ def check_request(request: AuditRequest) -> None:
         raise ConfigError("--permutations, --ot-permutations and --bootstrap must be at least 1")
     if request.pca < 0 or request.classifier_pca < 0 or request.batch_size < 1:
         raise ConfigError("--pca and --classifier-pca must be 0 or more and --batch-size at least 1")
+    check_image_size(request.image_size)
     if request.harmonize is not None and request.harmonize not in HARMONIZE_METHODS:
         raise ConfigError(f"--harmonize '{request.harmonize}' (choose from {', '.join(HARMONIZE_METHODS)})")
     if request.reference_site is not None and request.harmonize is None:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shiftkit.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained with TensorFlow's (x - 127) / 128 on 0..255 inputs.
@@ -21,6 +23,15 @@ LITE_STD = (128.0 / 255.0,) * 3
 
 PAPER_CROP = 224
 RESIZE_FOR_CROP_224 = {"resnet50": 232, "resnet18": 256, "densenet121": 256, "vgg19": 256, "efficientnet_lite0": 256}
+# One rule for every command that embeds or trains (finetune, compare, diagnose, audit, harmonize's shift measurement):
+# below this, VGG's and DenseNet's pooling stages run out of pixels.
+MIN_IMAGE_SIZE = 32
+
+
+def check_image_size(image_size: int | None, option: str = "--image-size") -> None:
+    """Refuse a crop size below :data:`MIN_IMAGE_SIZE` (``None``: the architecture's default, 224)."""
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"{option} must be at least {MIN_IMAGE_SIZE} (got {image_size})")
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class Preprocessing:
 
     @classmethod
     def for_arch(cls, arch: str, image_size: int | None = None) -> "Preprocessing":
+        check_image_size(image_size)
         base = RESIZE_FOR_CROP_224.get(arch, 256)
         crop = image_size or PAPER_CROP
         resize = max(crop, round(crop * base / PAPER_CROP))

@@ -84,7 +84,7 @@ def _split(request: FinetuneRequest) -> tuple[ImageTable, ImageTable, ImageTable
 
 
 MAX_LR = 10.0  # far above any learning rate that trains a network with Adam; larger values are typing mistakes
-MIN_IMAGE_SIZE = 32  # below this, VGG's and DenseNet's pooling stages run out of pixels
+from shiftkit.data.preprocess import MIN_IMAGE_SIZE  # noqa: E402  one rule for every command
 
 
 def _check_options(request: FinetuneRequest) -> None:

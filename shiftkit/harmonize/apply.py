@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import LABEL_SEPARATOR, ImageRecord, ImageTable, load_table, read_manifest
 from shiftkit.errors import ConfigError, DataError, ImageReadError
@@ -47,7 +48,7 @@ from shiftkit.harmonize.intensity import (
     check_state,
     read_harmonizer_dict,
 )
-from shiftkit.harmonize.resample import Resampler
+from shiftkit.harmonize.resample import Resampler, check_resampled_size
 from shiftkit.io import atomic_write, write_json, write_text
 from shiftkit.paths import refuse_overwriting_inputs
 
@@ -305,6 +306,44 @@ def _spacing_of(record: ImageRecord) -> tuple[float, ...]:
                     "to the manifest, e.g. 0.5,0.5)")
 
 
+def _header_geometry(record: ImageRecord) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """(size, spacing) in SimpleITK order from the header alone (no pixels), as :func:`read_raw` will see them;
+    ``None`` when the header cannot be read (reading the image then names the problem)."""
+    from shiftkit.data.readers import PIL_SUFFIXES, SITK_SUFFIXES
+
+    name = record.path.name.lower()
+    try:
+        if name.endswith(PIL_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(record.path) as image:
+                size = tuple(image.size)
+            return size, record.spacing or (1.0,) * len(size)
+        if name.endswith(SITK_SUFFIXES):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(record.path))
+            reader.ReadImageInformation()
+            return tuple(reader.GetSize()), record.spacing or tuple(reader.GetSpacing())
+    except Exception:  # noqa: BLE001  corrupt or unreadable: read_raw gives the one-line error
+        return None
+    return None
+
+
+def _check_resampled_sizes(harmonizer: Resampler, table: ImageTable) -> None:
+    """Refuse, before any image is written, a target spacing that makes one of ``table``'s images too large."""
+    target = harmonizer.target_spacing
+    for record in table.records:
+        geometry = _header_geometry(record)
+        if geometry is None or len(geometry[0]) != len(target):  # a dimension mismatch is named by transform
+            continue
+        try:
+            check_resampled_size(*geometry, target)
+        except DataError as exc:
+            raise DataError(f"{record.origin or record.path}: {record.path.name} is {exc}") from None
+
+
 def _check_input(harmonizer: Harmonizer, raw: RawImage, record: ImageRecord) -> None:
     where = record.origin or str(record.path)
     if isinstance(harmonizer, (Reinhard, Macenko)) and (raw.kind != "8bit" or raw.array.shape[-1] != 3):
@@ -407,6 +446,8 @@ def harmonize_table(table: ImageTable, reference: ImageTable, method: str, out_d
     elif not harmonizer.fitted:
         raise ConfigError(f"the {harmonizer.kind} harmonizer is not fitted")
     out_dir = Path(out_dir)
+    if isinstance(harmonizer, Resampler):
+        _check_resampled_sizes(harmonizer, table)
     root = _input_root(table)
     refuse_overwriting_inputs(out_dir, [out_dir / "manifest.csv"],
                               {"input": Path(table.source) if table.source else None, "input's image folder": root})
@@ -471,6 +512,7 @@ def check_settings(settings: MeasureSettings) -> None:
         raise ConfigError(f"--max-images must be at least {MIN_IMAGES}")
     if settings.permutations < 1 or settings.batch_size < 1 or settings.pca < 0:
         raise ConfigError("--permutations and --batch-size must be at least 1 and --pca 0 or more")
+    check_image_size(settings.image_size)
 
 
 def _subset(table: ImageTable, limit: int | None, seed: int) -> ImageTable:

@@ -7,10 +7,15 @@ same field of view (its first and last pixel edges coincide with the input's, up
 pixels), with the same direction.
 
 Spacings are in SimpleITK order (x, y[, z]), as in the manifest's ``spacing`` column (``0.7x0.7x2.5``).
+
+The output size is checked before anything is allocated: above :data:`MAX_RESAMPLED_VOXELS` pixels/voxels per image
+(a typing slip such as ``--spacing 0.001`` for 0.5 mm images asks for 250,000 times the pixels) it is refused with
+one line giving both sizes, instead of failing inside SimpleITK's allocation.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -19,6 +24,9 @@ from shiftkit.errors import ConfigError, DataError
 from shiftkit.harmonize.intensity import Harmonizer
 
 INTERPOLATORS = ("linear", "bspline")
+# 2**27 = 134,217,728 pixels/voxels per resampled image: 512 MiB as float32 plus its float64 copy, about 1.5 GiB in
+# all; a 512 x 512 x 512 CT volume is 2**27, so any real target spacing of a real scan fits.
+MAX_RESAMPLED_VOXELS = 2**27
 
 
 def _sitk_interpolator(name: str):
@@ -32,6 +40,24 @@ def output_size(size: Sequence[int], spacing: Sequence[float], new_spacing: Sequ
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, new_spacing))
 
 
+def _spacing_text(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:.6g}" for s in spacing)
+
+
+def check_resampled_size(size: Sequence[int], spacing: Sequence[float],
+                         new_spacing: Sequence[float]) -> tuple[int, ...]:
+    """The output size of resampling ``size`` pixels at ``spacing`` to ``new_spacing``, refused (before anything
+    is allocated) above :data:`MAX_RESAMPLED_VOXELS`."""
+    out = output_size(size, spacing, new_spacing)
+    count = math.prod(out)
+    if count > MAX_RESAMPLED_VOXELS:
+        unit = "voxels" if len(out) > 2 else "pixels"
+        raise DataError(f"{'x'.join(map(str, size))} {unit} at spacing {_spacing_text(spacing)} resampled to spacing "
+                        f"{_spacing_text(new_spacing)} would be {'x'.join(map(str, out))} {unit} ({count:,}), above "
+                        f"the limit of {MAX_RESAMPLED_VOXELS:,} per image; choose a coarser --spacing")
+    return out
+
+
 def resample_image(image, spacing: Sequence[float], interpolator: str = "linear", label: bool = False):
     """Resample a SimpleITK image to ``spacing`` keeping its field of view; ``label=True`` uses nearest neighbour
     and keeps the pixel type (images become float32)."""
@@ -41,7 +67,7 @@ def resample_image(image, spacing: Sequence[float], interpolator: str = "linear"
     if len(spacing) != image.GetDimension():
         raise DataError(f"spacing {spacing} has {len(spacing)} value(s) but the image is {image.GetDimension()}-D")
     old_spacing = np.array(image.GetSpacing())
-    size = output_size(image.GetSize(), old_spacing, spacing)
+    size = check_resampled_size(image.GetSize(), old_spacing, spacing)
     direction = np.array(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
     origin = np.array(image.GetOrigin()) + direction @ ((np.array(spacing) - old_spacing) / 2.0)
     method = "nearest" if label else interpolator

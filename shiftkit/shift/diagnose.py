@@ -13,6 +13,7 @@ import numpy as np
 from shiftkit import __version__
 from shiftkit.data.dataset import stratified_split
 from shiftkit.data.metadata import metadata_differences, table_metadata
+from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import ImageTable, load_table
 from shiftkit.data.validate import SkippedImage, check_policy, require_images_left
@@ -107,6 +108,7 @@ def _check(request: DiagnoseRequest) -> None:
         raise ConfigError(f"--max-images must be at least {MIN_IMAGES}")
     if request.pca < 0 or request.batch_size < 1:
         raise ConfigError("--pca must be 0 or more and --batch-size at least 1")
+    check_image_size(request.image_size)
     check_policy(request.on_bad_image)
     resolve_device(request.device)
 
