@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,6 +81,34 @@ def _cache_key(table: ImageTable, adapted: AdaptedModel, read_options: ReadOptio
     return digest.hexdigest()
 
 
+def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool) -> Representation | None:
+    """The cached representation of ``table``, or None when the entry is damaged (truncated, not an archive of
+    the expected arrays, rows that do not add up to the table): a cache entry is recomputed, never fatal."""
+    damaged = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+    try:
+        stored = np.load(cache_file, allow_pickle=False)
+    except damaged:
+        return None
+    if not isinstance(stored, np.lib.npyio.NpzFile):  # a plain array: not an entry this code wrote
+        return None
+    try:
+        with stored:
+            embeddings = stored["embeddings"]
+            probabilities = stored["probabilities"] if "probabilities" in stored.files else None
+            indices = stored["skipped_index"] if "skipped_index" in stored.files else np.zeros(0, np.int64)
+            reasons = stored["skipped_reason"] if "skipped_reason" in stored.files else np.zeros(0, np.str_)
+    except damaged:
+        return None
+    rows = len(table) - len(indices)
+    if (embeddings.ndim != 2 or len(embeddings) != rows or len(reasons) != len(indices)
+            or not all(0 <= int(i) < len(table) for i in indices) or (probabilities is None) == trained_head
+            or (probabilities is not None and len(probabilities) != rows)):
+        return None
+    skipped = tuple(SkippedImage(str(table.records[int(i)].path), str(reason), int(i), table.records[int(i)].origin)
+                    for i, reason in zip(indices, reasons))
+    return Representation(embeddings, probabilities, skipped)
+
+
 def extract(
     table: ImageTable,
     adapted: AdaptedModel,
@@ -99,15 +128,12 @@ def extract(
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{_cache_key(table, adapted, read_options, trained_head)}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file) as stored:
-                probabilities = stored["probabilities"] if "probabilities" in stored.files else None
-                skipped = tuple(SkippedImage(str(table.records[i].path), str(reason), int(i), table.records[i].origin)
-                                for i, reason in zip(stored.get("skipped_index", []), stored.get("skipped_reason", [])))
-                if skipped and on_bad_image != "skip":
-                    first = skipped[0]
-                    raise ImageReadError(f"{first.path}: {first.reason}")
-                return Representation(stored["embeddings"], probabilities, skipped)
+        cached = _read_cached(cache_file, table, trained_head) if cache_file.is_file() else None
+        if cached is not None:  # a missing or damaged entry is recomputed below, and written over
+            if cached.skipped and on_bad_image != "skip":
+                first = cached.skipped[0]
+                raise ImageReadError(f"{first.path}: {first.reason}")
+            return cached
     adapted.model.to(device)
     if device.type == "cuda":
         adapted.model.to(memory_format=torch.channels_last)

@@ -317,3 +317,71 @@ def test_finetune_keeps_a_finished_run_unless_told_to_resume_or_overwrite(phanto
     again = runner.invoke(app, [*argv, "--overwrite", "--seed", "1"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "metrics.json").read_text())["seed"] == 1
+
+
+# -- a damaged cache entry is recomputed, never fatal (issue 13, item 11) -------------------------------------------
+
+def _damage(path: Path, how: str) -> None:
+    """A cache entry as a full disk, a torn copy or a stray file leaves it."""
+    import numpy as np
+
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"not a cache entry " * 10)
+    elif how == "another array":
+        with path.open("wb") as handle:
+            np.save(handle, np.zeros((2, 2), np.float64))
+    elif how == "an archive of other arrays":
+        with path.open("wb") as handle:
+            np.savez(handle, something=np.zeros(3))
+
+
+DAMAGES = ["truncated", "empty", "garbage", "another array", "an archive of other arrays"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_embedding_cache_entry_is_recomputed(tmp_path, how):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from shiftkit.data.preprocess import Preprocessing
+    from shiftkit.data.synthetic import write_dataset
+    from shiftkit.data.table import load_table
+    from shiftkit.features import extract
+    from shiftkit.models.registry import AdaptedModel
+
+    table = load_table(write_dataset(tmp_path / "data", per_class=2, size=16, seed=0))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.Linear(4, 2))
+    adapted = AdaptedModel("tiny", model, "2", [("all", ["0", "1", "2"])], Preprocessing(8, 8), "none")
+    first = extract(table, adapted, torch.device("cpu"), cache_dir=tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").glob("*.npz")
+    _damage(entry, how)
+    again = extract(table, adapted, torch.device("cpu"), cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+    with np.load(entry) as stored:  # written over with a good entry
+        np.testing.assert_array_equal(stored["embeddings"], first.embeddings)
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_image_cache_entry_is_recomputed(tmp_path, how):
+    import torch
+
+    from shiftkit.data.cache import ImageCache
+    from shiftkit.data.preprocess import Preprocessing
+    from shiftkit.data.synthetic import write_dataset
+    from shiftkit.data.table import load_table
+
+    path = load_table(write_dataset(tmp_path / "data", per_class=1, size=16, seed=0)).records[0].path
+    first = ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "images").get(path)
+    (entry,) = (tmp_path / "images").rglob("*.npy")
+    _damage(entry, how)
+    cache = ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "images")
+    assert torch.equal(cache.get(path), first) and cache.decodes == 1
+    fresh = ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "images")
+    assert torch.equal(fresh.get(path), first) and fresh.decodes == 0  # the entry was rewritten

@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from shiftkit.data.paths import path_problem
 from shiftkit.data.preprocess import Preprocessing
 from shiftkit.data.readers import ReadOptions, read_image
 from shiftkit.errors import ImageReadError
@@ -39,7 +41,11 @@ def default_memory_bytes() -> int:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes; a missing or unreadable file is an :class:`ImageReadError` naming it."""
+    """SHA-1 of a file's bytes; a missing or unreadable file, or one that is not a regular file (a device such as
+    ``/dev/zero`` would never end), is an :class:`ImageReadError` naming it."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
     digest = hashlib.sha1()
     try:
         with path.open("rb") as handle:
@@ -58,6 +64,24 @@ def content_key(path: Path) -> str:
         return file_digest(path)
     except ImageReadError as exc:
         return f"unreadable:{exc}"
+
+
+CORRUPT_ENTRY_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def read_entry(target: Path) -> torch.Tensor | None:
+    """A disk-cache entry (``C x H x W`` uint8), or None when it is damaged (empty, truncated, not an array, another
+    type or shape): a cache entry is only ever recomputed, never fatal."""
+    try:
+        array = np.load(target, allow_pickle=False)
+    except CORRUPT_ENTRY_ERRORS:
+        return None
+    if not isinstance(array, np.ndarray):  # a zip archive (np.load returns an NpzFile)
+        array.close()
+        return None
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[0] not in (1, 3):
+        return None
+    return torch.from_numpy(array)
 
 
 class ImageCache:
@@ -100,11 +124,10 @@ class ImageCache:
             return self._decode(path)
         target = self._disk_path(path)
         if target.is_file():
-            try:
-                return torch.from_numpy(np.load(target))
-            except (OSError, ValueError):
-                pass  # a damaged cache entry is rebuilt below
-        tensor = self._decode(path)
+            stored = read_entry(target)
+            if stored is not None:
+                return stored
+        tensor = self._decode(path)  # no entry, or a damaged one: decoded again and written over it
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:
                 np.save(handle, tensor.numpy())
