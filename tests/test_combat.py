@@ -48,7 +48,7 @@ def test_planted_site_location_and_scale_are_removed_and_the_age_effect_survives
     before = age_slope(features, age, sites)
     model = ComBat(eb=eb).fit(features, sites, age[:, None])
     out = model.transform(features, sites, age[:, None])
-    residual = out - age[:, None] * model.beta_covariates_[0]  # what ComBat treats as biology, removed
+    residual = out - age[:, None] * model.beta_covariates_[0] * model.scale_  # ComBat's biology (standardized units)
     means = np.array([residual[sites == s].mean(0) for s in SITES])
     sds = np.array([residual[sites == s].std(0) for s in SITES])
     raw_residual = features - age[:, None] * before
@@ -335,3 +335,61 @@ def test_cli_refuses_an_out_that_is_an_input_however_it_is_spelled(tmp_path):
     assert "would overwrite the input table" in line
     after = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != ".shiftkit.lock"}
     assert after == before
+
+
+# -- features at the ends of float64 (issue 13, item 13) ---------------------------------------------------------
+@pytest.mark.parametrize("factor", [1e300, 1e-200])
+@pytest.mark.parametrize("options", [{}, {"eb": False}, {"parametric": False}, {"reference_site": "b"},
+                                     {"mean_only": True}])
+def test_results_scale_with_the_features_even_at_the_ends_of_float64(factor, options):
+    """ComBat is equivariant: features times k give the harmonized features times k. At 1e300 the squares used to
+    overflow (inf written) and at 1e-200 underflow to 0 (the pooled variance replaced, values left wrong)."""
+    features, sites, age = planted(per_site=30)
+    small = ComBat(**options).fit_transform(features, sites, age[:, None])
+    big = ComBat(**options).fit_transform(features * factor, sites, age[:, None])
+    assert np.isfinite(big).all()
+    np.testing.assert_allclose(big / factor, small, rtol=1e-9)
+    model = ComBat(**options).fit(features * factor, sites, age[:, None])
+    new, new_sites, new_age = planted(seed=5, per_site=4)
+    np.testing.assert_allclose(model.transform(new * factor, new_sites, new_age[:, None]) / factor,
+                               ComBat(**options).fit(features, sites, age[:, None]).transform(
+                                   new, new_sites, new_age[:, None]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e-200])
+def test_cli_on_extreme_feature_scales_writes_the_scaled_result(tmp_path, factor):
+    features, sites, age = planted(per_site=20)
+    plain = write_csv(tmp_path / "plain.csv", features, sites, age)
+    scaled = write_csv(tmp_path / "scaled.csv", features * factor, sites, age)
+    for source in (plain, scaled):
+        result = runner.invoke(app, ["combat", str(source), "--covariates", "age", "--out",
+                                     str(tmp_path / f"{source.stem}_out.csv")])
+        assert result.exit_code == 0, result.output
+    header, rows = read_csv(tmp_path / "plain_out.csv")
+    cols = [header.index(f"original_f{i}") for i in range(6)]
+    expected = np.array([[float(r[j]) for j in cols] for r in rows])
+    got = np.array([[float(r[j]) for j in cols] for r in read_csv(tmp_path / "scaled_out.csv")[1]])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got / factor, expected, rtol=1e-9)
+    for name in ("plain_out", "scaled_out"):  # the site-effect summary is scale-free: the same numbers
+        summary = json.loads((tmp_path / f"{name}.summary.json").read_text())
+        assert all(np.isfinite(v) for part in ("site_effect_before", "site_effect_after")
+                   for v in summary[part].values())
+    plain_summary = json.loads((tmp_path / "plain_out.summary.json").read_text())
+    scaled_summary = json.loads((tmp_path / "scaled_out.summary.json").read_text())
+    for part in ("site_effect_before", "site_effect_after"):
+        for key, value in plain_summary[part].items():
+            assert scaled_summary[part][key] == pytest.approx(value, rel=1e-9)
+
+
+def test_harmonized_values_beyond_float64_are_refused_not_written_as_inf(tmp_path):
+    rng = np.random.default_rng(0)
+    tight = 1.6e308 + rng.normal(size=(20, 6)) * 1e306  # site a near the top of float64, with a small spread
+    wide = rng.uniform(-1, 1, (20, 6)) * 1.7e308  # site b around 0 with a huge spread: a's grows past 1.8e308
+    features, sites = np.vstack([tight, wide]), np.array(["a"] * 20 + ["b"] * 20)
+    with pytest.raises(DataError, match="feature 'column 3' row 3: the harmonized value is beyond float64's range"):
+        ComBat(eb=False).fit_transform(features, sites)
+    source = write_csv(tmp_path / "top.csv", features, sites, np.linspace(20, 80, 40))
+    line = error_line(runner.invoke(app, ["combat", str(source), "--no-eb", "--out", str(tmp_path / "o.csv")]))
+    assert "top.csv: feature column 'original_f3' row 5: the harmonized value is beyond float64" in line, line
+    assert not (tmp_path / "o.csv").exists()

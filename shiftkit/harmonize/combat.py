@@ -18,6 +18,13 @@ a location (``gamma``) and scale (``delta``) effect per site and feature on top 
    per-feature estimates;
 5. ``y* = sqrt(var_pooled) * (z - gamma*) / sqrt(delta*) + grand_mean + X beta``.
 
+Every feature is standardized before the fit (its mean and SD, computed on the column divided by its largest
+absolute value so that no square overflows or underflows) and the result mapped back after: ComBat is equivariant
+(features times k give the harmonized features times k), so this changes nothing for ordinary data, and features
+at 1e300 or 1e-200 are harmonized correctly instead of turning into ``inf`` or being left wrong. The fitted
+estimates (``grand_mean_``, ``var_pooled_``, ``beta_covariates_``, ...) are therefore in standardized units;
+``center_`` and ``scale_`` map them back. A harmonized value beyond float64's range is refused, naming the feature.
+
 With ``reference_site`` (M-ComBat, Stein et al. 2015; ``ref_batch`` in neuroCombat/sva) the other sites are
 mapped onto the reference, whose rows are returned unchanged. A fitted model re-applies to new rows from the
 fitted sites (:meth:`ComBat.transform`) and is saved as JSON or NPZ, never as a pickle.
@@ -49,11 +56,20 @@ LEAKAGE_THRESHOLD = 0.5
 CONVERGENCE = 1e-4  # relative change that stops the parametric EB iteration (neuroCombat's it_sol)
 MAX_ITERATIONS = 1000
 FORMAT = "shiftkit-combat"
-VERSION = 1
+VERSION = 2  # 2: center/scale (per-feature standardization); a version-1 model has none (center 0, scale 1)
 
 
 class LeakageWarning(UserWarning):
     """A covariate to preserve is strongly associated with the site or with the label."""
+
+
+class BeyondFloat64Error(DataError):
+    """A harmonized value does not fit in float64; ``row`` (0-based) and ``feature`` say where."""
+
+    def __init__(self, feature: str, row: int, count: int) -> None:
+        self.feature, self.row, self.count = feature, row, count
+        super().__init__(f"feature '{feature}' row {row}: the harmonized value is beyond float64's range "
+                         f"(|x| > 1.8e308; {count} value(s) in all); rescale the feature first")
 
 
 # -- association measures ------------------------------------------------------------------------------------
@@ -129,6 +145,26 @@ def _as_matrix(values, what: str, names: Sequence[str] | None) -> np.ndarray:
     return matrix
 
 
+def _standardizer(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (center, scale) = (mean, SD), computed on each column divided by its largest absolute value so
+    that nothing overflows (1e300 squared) or underflows (1e-200 squared); a constant column gets scale 1 (or its
+    magnitude)."""
+    magnitude = np.abs(y).max(axis=0)
+    magnitude[magnitude == 0] = 1.0
+    unit = y / magnitude
+    center, spread = unit.mean(axis=0), unit.std(axis=0)
+    spread[spread == 0] = 1.0
+    scale = spread * magnitude
+    tiny = ~(scale > 0) | ~np.isfinite(scale)
+    scale[tiny] = magnitude[tiny]  # a spread below the smallest float: standardize by the magnitude alone
+    return center * magnitude, scale
+
+
+def _standardize(y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return y / scale - center / scale  # not (y - center) / scale: y - center can overflow near 1.8e308
+
+
 def _site_array(sites: Sequence, rows: int) -> np.ndarray:
     sites = np.asarray([str(s) for s in sites])
     if len(sites) != rows:
@@ -162,6 +198,8 @@ class ComBat:
     delta_star_: np.ndarray | None = None  # sites x p
     gamma_hat_: np.ndarray | None = None
     delta_hat_: np.ndarray | None = None
+    center_: np.ndarray | None = None  # p: features are standardized as (y - center_) / scale_ before the fit
+    scale_: np.ndarray | None = None  # p
 
     # -- fitting -------------------------------------------------------------------------------------------
     def fit(
@@ -178,8 +216,10 @@ class ComBat:
         """Estimate the site effects on ``features`` (n x p) given one site per row and optional numeric
         ``covariates`` (n x q; one-hot encode categorical ones, dropping a level) whose effects are preserved.
         ``labels`` (optional) only feed the leakage check."""
-        y = _as_matrix(features, "feature", feature_names)
-        n, p = y.shape
+        raw = _as_matrix(features, "feature", feature_names)
+        n, p = raw.shape
+        center, scale = _standardizer(raw)
+        y = _standardize(raw, center, scale)
         site = _site_array(sites, n)
         cov = None
         if covariates is not None:
@@ -255,6 +295,7 @@ class ComBat:
         self.beta_covariates_ = beta if q else np.zeros((0, p))
         self.gamma_hat_, self.delta_hat_ = gamma_hat, delta_hat
         self.gamma_star_, self.delta_star_ = gamma_star, delta_star
+        self.center_, self.scale_ = center, scale
         return self
 
     def _parametric(self, z, index, gamma_hat, delta_hat) -> tuple[np.ndarray, np.ndarray]:
@@ -337,13 +378,21 @@ class ComBat:
         else:
             covariate_part = 0.0
         index = np.searchsorted(np.asarray(self.sites_), site)
+        center = np.zeros(p) if self.center_ is None else self.center_  # a version-1 model: raw units
+        scale = np.ones(p) if self.scale_ is None else self.scale_
         sd = np.sqrt(self.var_pooled_)
-        z = (y - self.grand_mean_ - covariate_part) / sd
+        z = (_standardize(y, center, scale) - self.grand_mean_ - covariate_part) / sd
         z = (z - self.gamma_star_[index]) / np.sqrt(self.delta_star_[index])
-        out = z * sd + self.grand_mean_ + covariate_part
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (z * sd + self.grand_mean_ + covariate_part) * scale + center
         if self.reference_site is not None:
             keep = site == str(self.reference_site)
             out[keep] = y[keep]
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise BeyondFloat64Error(self.feature_names_[col] if self.feature_names_ else f"column {col}", row,
+                                     int(bad.sum()))
         return out
 
     def fit_transform(
@@ -353,7 +402,8 @@ class ComBat:
 
     # -- persistence (JSON or NPZ; never pickle) ----------------------------------------------------------------
     _ARRAYS = ("grand_mean_", "var_pooled_", "beta_covariates_", "gamma_star_", "delta_star_", "gamma_hat_",
-               "delta_hat_")
+               "delta_hat_", "center_", "scale_")
+    _OPTIONAL = ("center_", "scale_")  # absent from version-1 models
 
     def to_dict(self) -> dict:
         self._check_fitted()
@@ -376,7 +426,7 @@ class ComBat:
         with full precision, so a round trip is exact). ``extra`` is stored alongside (e.g. column encodings)."""
         path = Path(path)
         meta = {**self.to_dict(), "extra": extra or {}}
-        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS}
+        arrays = {name.rstrip("_"): getattr(self, name) for name in self._ARRAYS if getattr(self, name) is not None}
         if path.suffix.lower() == ".npz":
             def write(tmp: Path) -> None:
                 with tmp.open("wb") as handle:
@@ -412,6 +462,8 @@ class ComBat:
             model.feature_names_, model.covariate_names_ = meta["feature_names"], meta["covariate_names"]
             shape = meta["shape"]
             for name in cls._ARRAYS:
+                if name in cls._OPTIONAL and name.rstrip("_") not in arrays:
+                    continue
                 setattr(model, name, np.asarray(arrays[name.rstrip("_")], dtype=np.float64))
             model.beta_covariates_ = model.beta_covariates_.reshape(shape["covariates"], shape["features"])
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
@@ -591,7 +643,10 @@ def feature_columns(table: FeatureTable, excluded: set[str], patterns: Sequence[
 
 def site_effect_summary(values: np.ndarray, sites: np.ndarray) -> dict:
     """How different the sites look, averaged over features: the largest |site mean - overall mean| in units
-    of the overall SD, and the ratio of the largest to the smallest per-site SD."""
+    of the overall SD, and the ratio of the largest to the smallest per-site SD (both scale-free: computed on each
+    column divided by its largest absolute value, so that 1e300 or 1e-200 features neither overflow nor underflow)."""
+    magnitude = np.abs(values).max(axis=0)
+    values = values / np.where(magnitude > 0, magnitude, 1.0)
     sd = values.std(axis=0)
     sd[sd == 0] = 1.0
     levels = np.unique(sites)
@@ -722,7 +777,12 @@ def run_combat(request: CombatRequest) -> CombatResult:
                 warnings.warn(message, LeakageWarning, stacklevel=2)
             model.fit(values, sites, cov, feature_names=features, covariate_names=cov_names or None,
                       check_leakage=False)
-        harmonized = model.transform(values, sites, cov)
+        try:
+            harmonized = model.transform(values, sites, cov)
+        except BeyondFloat64Error as exc:  # name the CSV row, as the reader does
+            raise DataError(f"{request.features}: feature column '{exc.feature}' row {table.row_numbers[exc.row]}: "
+                            f"the harmonized value is beyond float64's range (|x| > 1.8e308; {exc.count} value(s) "
+                            "in all); rescale the column first") from None
         caught = [str(w.message) for w in recorded if issubclass(w.category, LeakageWarning)]
     for message in caught:  # re-emit for callers outside this function
         warnings.warn(message, LeakageWarning, stacklevel=2)
