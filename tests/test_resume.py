@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,48 @@ def test_resume_refuses_other_strategy_options(phantom_dir, tmp_path):
     other = make_trainer(phantom_dir, "l2_sp", epochs=1, checkpoint_dir=tmp_path, alpha=0.5)
     with pytest.raises(ConfigError, match="same settings"):
         other.resume()
+
+
+@pytest.mark.parametrize("edit", ["labels", "pixels"])
+def test_resume_refuses_data_whose_content_changed_at_the_same_path(phantom_dir, tmp_path, edit):
+    """Issue 13, item 4: --resume compared the data's path only; edited labels (or images) were accepted."""
+    import csv
+
+    from PIL import Image
+
+    from shiftkit.data.table import load_table
+    from shiftkit.finetune.run import FinetuneRequest, run_finetune
+    from shiftkit.finetune.trainer import TrainConfig
+
+    records = load_table(phantom_dir).records
+    manifest = tmp_path / "m.csv"
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i, record in enumerate(records):
+        copy = images / f"{i}.png"
+        copy.write_bytes(record.path.read_bytes())
+        rows.append([str(copy), record.labels[0]])
+
+    def write(rows):
+        with manifest.open("w", newline="") as handle:
+            csv.writer(handle).writerows([["path", "label"], *rows])
+
+    write(rows)
+
+    def request(resume: bool) -> FinetuneRequest:
+        return FinetuneRequest(data=manifest, out=tmp_path / "run", arch="resnet18", weights="none", image_size=32,
+                               resume=resume, train=TrainConfig(strategy="ft", lr=1e-3, epochs=3, batch_size=8,
+                                                                patience=50, seed=0, device="cpu"))
+
+    with pytest.raises(Interrupt):
+        run_finetune(request(False), callback=StopAfter(1))
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    if edit == "labels":  # swap the labels of two images of different classes: same paths, same class sizes
+        first = next(i for i, row in enumerate(rows) if row[1] != rows[0][1])
+        rows[0][1], rows[first][1] = rows[first][1], rows[0][1]
+        write(rows)
+    else:  # another image under the same name
+        Image.fromarray(np.full((32, 32), 7, dtype=np.uint8)).save(rows[0][0])
+    with pytest.raises(ConfigError, match="--resume needs the same settings"):
+        run_finetune(request(True))

@@ -28,6 +28,7 @@ from shiftkit.finetune.trainer import (
 )
 from shiftkit.io import write_json
 from shiftkit.models.registry import build_model
+from shiftkit.data.fingerprint import table_fingerprint
 from shiftkit.privacy import shown_path
 
 VAL_FRACTION = 0.2
@@ -139,6 +140,7 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         identity_extra={
             "data": [shown_path(p, request.anonymize_paths) for p in (request.data, request.val)],
             "read_options": request.read_options.key(),
+            "data_fingerprint": table_fingerprint(tables["train"], tables["val"]),  # labels and file contents
         },
         dist=ctx,
     )
