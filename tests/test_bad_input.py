@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -577,6 +578,196 @@ def test_resampling_to_a_tiny_spacing_is_refused_before_any_image_is_written(goo
     assert "a0.png" in line and "160000x160000" in line and "--spacing" in line, line
     assert f"{MAX_RESAMPLED_VOXELS:,}" in line, line
     assert _files(out) == [], "a refused run left files behind"
+
+
+# -- odd paths, one CSV reader, --target-labels, label spellings, all-NaN images (issue 13, items 9, 12, 14, 15) -----
+
+ODD_IMAGE_PATHS = {
+    # name -> (make it under root, what the error says about it)
+    "symlink loop": (lambda root: (os.symlink("loop2.png", root / "loop1.png"), os.symlink("loop1.png", root / "loop2.png"),
+                                   root / "loop1.png")[-1], "is a symlink loop"),
+    "name over 255 characters": (lambda root: root / ("x" * 300 + ".png"), "file name too long (304 bytes"),
+    "character device": (lambda root: Path("/dev/null"), "is a character device, not a file"),
+    "FIFO": (lambda root: (os.mkfifo(root / "pipe.png"), root / "pipe.png")[-1], "is a pipe (FIFO"),
+    "folder": (lambda root: ((root / "folder.png").mkdir(), root / "folder.png")[-1], "is a folder, not a file"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ODD_IMAGE_PATHS))
+def test_an_odd_image_path_is_described_as_what_it_is(tmp_path, kind):
+    """Read directly, through the disk cache (which hashes the file: /dev/zero would never end) and from a
+    manifest: one ImageReadError saying what the path is, never a traceback or 'file not found'."""
+    from shiftkit.data import ImageCache, load_table
+    from shiftkit.data.preprocess import Preprocessing
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ImageReadError
+
+    make, words = ODD_IMAGE_PATHS[kind]
+    path = make(tmp_path)
+    with pytest.raises(ImageReadError, match=f"^{re.escape(str(path))}: {re.escape(words)}"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match=re.escape(words)):
+        ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "cache").get(path)
+    table = load_table(_manifest(tmp_path / "m.csv", [(path, "a")]))
+    assert len(table) == 1
+
+
+def test_the_disk_cache_never_reads_an_endless_device(tmp_path):
+    from shiftkit.data import ImageCache
+    from shiftkit.data.preprocess import Preprocessing
+    from shiftkit.errors import ImageReadError
+
+    with pytest.raises(ImageReadError, match="/dev/zero: is a character device, not a file"):
+        ImageCache(Preprocessing(8, 8), disk_dir=tmp_path / "cache").get(Path("/dev/zero"))
+
+
+def test_odd_image_paths_are_skipped_under_skip_and_one_line_otherwise(good, tmp_path):
+    odd = [make(tmp_path) for make, _ in ODD_IMAGE_PATHS.values()]
+    data = _manifest(tmp_path / "m.csv", _good_rows(good) + [(p, "a") for p in odd])
+    result = run("diagnose", data, tmp_path / "out", good, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    reasons = [s["reason"] for s in json.loads((tmp_path / "out" / "report.json").read_text())["skipped_images"]]
+    assert len(reasons) == len(odd)
+    for (_, words), reason in zip(ODD_IMAGE_PATHS.values(), reasons):
+        assert reason.startswith(words), reasons
+    line = _error_line(run("diagnose", data, tmp_path / "fail", good))
+    assert "loop1.png: is a symlink loop" in line, line
+
+
+def test_a_manifest_that_is_a_pipe_a_device_or_a_loop_is_one_line(good, tmp_path):
+    """``shiftkit diagnose <(cat m.csv) ...`` passes /dev/fd/63, a pipe."""
+    os.mkfifo(tmp_path / "fifo.csv")
+    os.symlink("b.csv", tmp_path / "a.csv")
+    os.symlink("a.csv", tmp_path / "b.csv")
+    cases = {
+        tmp_path / "fifo.csv": "fifo.csv: the manifest is a pipe (FIFO or process substitution), not a file; save the "
+                               "manifest to a .csv file and pass that",
+        Path("/dev/null"): "/dev/null: the manifest is a character device, not a file",
+        tmp_path / "a.csv": "a.csv: the manifest is a symlink loop",
+        tmp_path / ("m" * 300 + ".csv"): "the manifest file name too long (304 bytes; the file system allows 255)",
+    }
+    for data, fragment in cases.items():
+        line = _error_line(run("diagnose", data, tmp_path / "out", good))
+        assert fragment in line, line
+    read, write = os.pipe()  # a real process substitution: /dev/fd/N
+    try:
+        line = _error_line(run("diagnose", Path(f"/dev/fd/{read}"), tmp_path / "out", good))
+        assert f"/dev/fd/{read}: the manifest is a pipe (FIFO or process substitution)" in line, line
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_a_nul_byte_in_a_manifest_is_one_line(good, tmp_path):
+    from shiftkit.data import load_table
+    from shiftkit.errors import DataError
+
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"path,label\na.png,a\nb\x00.png,b\n")
+    with pytest.raises(DataError, match=r"m.csv line 3: manifest contains a NUL byte"):
+        load_table(path)
+
+
+def _write_table(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("separator, words", [(";", "semicolons (';')"), ("\t", "tabs")])
+def test_a_manifest_with_another_separator_is_refused_naming_it(good, tmp_path, separator, words):
+    from shiftkit.audit.manifest import read_audit_manifest
+    from shiftkit.data import load_table
+    from shiftkit.errors import DataError
+
+    rows = "".join(f"{p}{separator}{label}{separator}north\n" for p, label in _good_rows(good))
+    path = _write_table(tmp_path / "m.csv", f"path{separator}label{separator}site\n{rows}")
+    expected = f"m.csv: the manifest's columns are separated by {words}, not commas"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_table(path)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_audit_manifest(path, "site")
+
+
+def test_a_utf16_manifest_is_read_with_its_bom_and_refused_without(good, tmp_path):
+    from shiftkit.data import load_table
+    from shiftkit.errors import DataError
+
+    text = "path,label\n" + "".join(f"{p},{label}\n" for p, label in _good_rows(good))
+    assert len(load_table(_write_table(tmp_path / "bom.csv", text, "utf-16"))) == 10
+    with pytest.raises(DataError, match="nobom.csv: manifest looks like UTF-16 text without a byte-order mark; save "
+                                        "it as UTF-8 CSV"):
+        load_table(_write_table(tmp_path / "nobom.csv", text, "utf-16-le"))
+    with pytest.raises(DataError, match=r"latin.csv line 2: manifest is not UTF-8 text \(byte 0xe9\)"):
+        load_table(_write_table(tmp_path / "latin.csv", "path,label\ncaf\xe9.png,a\n", "latin-1"))
+
+
+def test_a_features_table_with_semicolons_and_decimal_commas_is_one_line(tmp_path):
+    """A spreadsheet in a comma-decimal locale: audit --features-table used to raise AttributeError."""
+    rows = "".join(f"p{i};{'AB'[i % 2]};{i},5;{2 * i},25\n" for i in range(8))
+    table = _write_table(tmp_path / "features.csv", "id;site;original_firstorder_Mean;original_glcm_Contrast\n" + rows)
+    result = runner.invoke(app, ["audit", str(table), "--features-table", "--site-column", "site",
+                                 "--out", str(tmp_path / "out")])
+    assert _error_line(result) == (f"error: {table}: the features table's columns are separated by semicolons (';'), "
+                                   "not commas; save it as a comma-separated CSV (with '.' as the decimal point)")
+
+
+def test_target_labels_merge_with_the_targets_own_labels_and_refuse_a_conflict(good, tmp_path):
+    from shiftkit.errors import DataError
+    from shiftkit.shift.diagnose import _with_target_labels
+
+    from shiftkit.data import load_table
+
+    target = load_table(good.classes)  # labelled: 5 a + 5 b
+    agreeing = _manifest(tmp_path / "same.csv", [(good.images("a")[0], "a")])
+    merged = _with_target_labels(target, agreeing)
+    assert [r.labels for r in merged.records] == [r.labels for r in target.records]  # 10 labels kept, not 1
+    assert merged.classes == ("a", "b")
+    conflicting = _manifest(tmp_path / "other.csv", [(good.images("a")[1], "b")])
+    with pytest.raises(DataError, match=r"other.csv row 2: --target-labels gives 'b' for a1.png, which the target "
+                                        r"already labels 'a' \(.*a1.png\); remove one of the two"):
+        _with_target_labels(target, conflicting)
+    unlabelled = load_table(good.target)  # partial labels on an unlabelled target still work as before
+    partial = _with_target_labels(unlabelled, _manifest(tmp_path / "t.csv", [(good.target / "t0.png", "a")]))
+    assert [r.labels for r in partial.records] == [("a",), (), (), (), ()] and partial.classes == ("a",)
+
+
+def test_labels_that_are_one_number_written_two_ways_are_refused(good, tmp_path):
+    from shiftkit.audit.manifest import read_audit_manifest
+    from shiftkit.data import load_table
+    from shiftkit.errors import DataError
+
+    images = good.images("a") + good.images("b")
+    spellings = ["0", "1", "0.0", "1.0"]
+    path = _manifest(tmp_path / "m.csv", [(p, spellings[i % 4], "north") for i, p in enumerate(images)],
+                     header="path,label,site")
+    message = r"m.csv row 4: label '0.0' is label '0' \(m.csv row 2\) written another way; they would become two classes"
+    with pytest.raises(DataError, match=message):
+        load_table(path)
+    with pytest.raises(DataError, match=message):
+        read_audit_manifest(path, "site", "label")
+    same = _manifest(tmp_path / "ok.csv", [(p, str(i % 2), "north") for i, p in enumerate(images)],
+                     header="path,label,site")
+    assert load_table(same).classes == ("0", "1")
+
+
+def test_an_all_nan_float_tiff_is_a_bad_image_not_a_black_one(good, tmp_path):
+    from shiftkit.data.readers import read_image
+    from shiftkit.errors import ImageReadError
+
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(np.full((32, 32), np.nan, np.float32)).save(nan)
+    with pytest.raises(ImageReadError, match="nan.tif: image has no finite pixel values \\(all NaN or infinite\\)"):
+        read_image(nan)
+    partly = tmp_path / "partly.tif"
+    array = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    array[0, 0] = np.nan
+    Image.fromarray(array).save(partly)
+    assert np.isfinite(read_image(partly)).all()
+    data = _manifest(tmp_path / "m.csv", _good_rows(good) + [(nan, "a")])
+    result = run("diagnose", data, tmp_path / "out", good, "--on-bad-image", "skip")
+    assert result.exit_code == 0, result.output
+    skipped = json.loads((tmp_path / "out" / "report.json").read_text())["skipped_images"]
+    assert [s["reason"] for s in skipped] == ["image has no finite pixel values (all NaN or infinite)"]
 
 
 if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code

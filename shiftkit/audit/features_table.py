@@ -17,7 +17,6 @@ as covariates whose effects are preserved) and the same analysis on the harmoniz
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from shiftkit.audit.corrections import adjust_p_values
+from shiftkit.data.csvfile import read_csv
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.harmonize.combat import ID_NAMES, ComBat
 
@@ -58,15 +58,8 @@ def load_features_table(path: Path, site_column: str, *, label_column: str | Non
                         min_rows_per_site: int = MIN_ROWS_PER_SITE) -> FeaturesTable:
     """Read and check a features CSV; every problem is a one-line :class:`DataError` naming the file, column, row."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: features table not found")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: not a readable UTF-8 CSV ({exc})") from None
+    table = read_csv(path, "features table", strict=True)
+    columns, rows = table.header, table.dicts(strip_values=True)
     if not rows:
         raise DataError(f"{path}: the features table has no rows")
     for option, column in (("--site-column", site_column), ("--label-column", label_column),
@@ -77,7 +70,7 @@ def load_features_table(path: Path, site_column: str, *, label_column: str | Non
     sites = np.asarray([row[site_column] for row in rows])
     empty = np.flatnonzero(sites == "")
     if len(empty):
-        raise DataError(f"{path} row {empty[0] + 2}: empty site in column '{site_column}'")
+        raise DataError(f"{path} row {table.numbers[empty[0]]}: empty site in column '{site_column}'")
     names, counts = np.unique(sites, return_counts=True)
     if len(names) < 2:
         raise DataError(f"{path}: column '{site_column}' has a single site ('{names[0]}'); an audit needs two or more")
@@ -101,8 +94,8 @@ def load_features_table(path: Path, site_column: str, *, label_column: str | Non
         bad = next((i for i, (v, p) in enumerate(zip(values, parsed)) if v == "" or not np.isfinite(p)), None)
         if bad is not None:
             shown = values[bad] or "an empty cell"
-            raise DataError(f"{path} row {bad + 2}: feature '{column}' is {shown}; features must be finite numbers "
-                            "(impute or drop the feature first)")
+            raise DataError(f"{path} row {table.numbers[bad]}: feature '{column}' is {shown}; features must be finite "
+                            "numbers (impute or drop the feature first)")
         feature_names.append(column)
     if not feature_names:
         raise DataError(f"{path}: no numeric feature columns (besides {', '.join(sorted(kept_aside))} and "
@@ -113,7 +106,7 @@ def load_features_table(path: Path, site_column: str, *, label_column: str | Non
     for column, values in covariate_values.items():
         missing = [i for i, v in enumerate(values) if v == ""]
         if missing:
-            raise DataError(f"{path} row {missing[0] + 2}: empty value in covariate column '{column}'")
+            raise DataError(f"{path} row {table.numbers[missing[0]]}: empty value in covariate column '{column}'")
     return FeaturesTable(path, matrix, tuple(feature_names), sites, covariate_values, tuple(ignored))
 
 

@@ -8,13 +8,14 @@ site taken from the named columns) and keeps the other columns' raw values aside
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shiftkit.data.table import LABEL_SEPARATOR, ImageRecord, ImageTable, _parse_spacing
+from shiftkit.data.csvfile import read_csv, require_file
+from shiftkit.data.paths import path_problem, safe_resolve
+from shiftkit.data.table import LABEL_SEPARATOR, ImageRecord, ImageTable, _parse_spacing, check_label_spellings
 from shiftkit.errors import DataError
 
 RESERVED = ("path", "spacing")
@@ -44,17 +45,12 @@ class AuditTable:
 def read_audit_manifest(csv_path: Path, site_column: str, label_column: str | None = None) -> AuditTable:
     """Parse the manifest; one-line errors name the file, row and option."""
     csv_path = Path(csv_path)
+    if path_problem(csv_path) != "file not found":  # a pipe, a device, a symlink loop, ...: said as such
+        require_file(csv_path, "manifest", allow_folder=True)
     if csv_path.is_dir() or csv_path.suffix.lower() != ".csv":
         raise DataError(f"{csv_path}: an audit needs a CSV manifest with a path column and a site column")
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: manifest not found")
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path}: not a readable UTF-8 CSV ({exc})") from None
+    table = read_csv(csv_path, "manifest")
+    columns, rows = table.header, table.dicts(strip_values=True)
     if "path" not in columns:
         raise DataError(f"{csv_path}: manifest needs a 'path' column (found: {', '.join(columns) or 'none'})")
     if site_column not in columns:
@@ -66,13 +62,13 @@ def read_audit_manifest(csv_path: Path, site_column: str, label_column: str | No
         raise DataError(f"{csv_path}: manifest has no rows")
     base = csv_path.parent
     records, sites, seen, multilabel = [], [], {}, False
-    for number, row in enumerate(rows, start=2):
+    for number, row in zip(table.numbers, rows):
         origin = f"{csv_path.name} row {number}"
         raw_path = row.get("path", "")
         if not raw_path:
             raise DataError(f"{origin}: empty path")
         path = Path(raw_path).expanduser()
-        path = Path(str((path if path.is_absolute() else base / path).resolve()))
+        path = safe_resolve(path if path.is_absolute() else base / path)
         if path in seen:
             raise DataError(f"{origin}: duplicate path {raw_path} (also {seen[path]})")
         seen[path] = origin
@@ -92,5 +88,6 @@ def read_audit_manifest(csv_path: Path, site_column: str, label_column: str | No
     used = {site_column, label_column, *RESERVED}
     extra = {c: [row.get(c, "") for row in rows] for c in columns if c not in used}
     classes = tuple(sorted({label for r in records for label in r.labels}))
+    check_label_spellings(records)
     table = ImageTable(records=tuple(records), classes=classes, multilabel=multilabel, source=str(csv_path))
     return AuditTable(table, np.asarray(sites, dtype=object).astype(str), extra, site_column, label_column)

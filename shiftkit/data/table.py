@@ -9,13 +9,14 @@ Three inputs are accepted (see README, "Data"):
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from shiftkit.data.csvfile import read_csv, require_file
+from shiftkit.data.paths import path_problem, safe_resolve
 from shiftkit.data.readers import is_image_path
 from shiftkit.errors import DataError
 
@@ -98,6 +99,33 @@ class ImageTable:
             raise DataError(f"{self.source}: class '{empty[0]}' has no images")
 
 
+def _as_number(label: str) -> float | None:
+    try:
+        value = float(label)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def check_label_spellings(records: Sequence[ImageRecord]) -> None:
+    """Refuse labels that are one number written two ways (``0`` and ``0.0``, ``1`` and ``1.00``): as text they
+    would silently become two classes. The error names both rows."""
+    first_seen: dict[str, str] = {}
+    by_value: dict[float, str] = {}
+    for record in records:
+        for label in record.labels:
+            if label in first_seen:
+                continue
+            first_seen[label] = record.origin or str(record.path)
+            value = _as_number(label)
+            if value is None:
+                continue
+            other = by_value.setdefault(value, label)
+            if other != label:
+                raise DataError(f"{first_seen[label]}: label '{label}' is label '{other}' ({first_seen[other]}) "
+                                "written another way; they would become two classes (write each class one way)")
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p) and not p.name.startswith("."))
 
@@ -109,6 +137,7 @@ def _from_class_folders(folder: Path, class_dirs: list[Path]) -> ImageTable:
         if not files:
             raise DataError(f"{class_dir}: class '{class_dir.name}' has no images")
         records += [ImageRecord(path=f, labels=(class_dir.name,), origin=str(f)) for f in files]
+    check_label_spellings(records)
     classes = tuple(sorted(d.name for d in class_dirs))
     return ImageTable(records=tuple(records), classes=classes, source=str(folder))
 
@@ -129,31 +158,23 @@ def _parse_spacing(text: str, origin: str) -> tuple[float, ...] | None:
 def read_manifest(csv_path: str | Path) -> ImageTable:
     """Parse a ``path,label[,site][,spacing]`` CSV. ``label`` may be empty for unlabeled images."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: manifest not found")
     base = csv_path.parent
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            if "path" not in columns:
-                raise DataError(f"{csv_path}: manifest needs a 'path' column (found: {', '.join(columns) or 'none'})")
-            rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
-    except UnicodeDecodeError:
-        raise DataError(f"{csv_path}: manifest is not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{csv_path}: not a valid CSV file ({exc})") from None
+    table = read_csv(csv_path, "manifest")
+    columns = table.header
+    if "path" not in columns:
+        raise DataError(f"{csv_path}: manifest needs a 'path' column (found: {', '.join(columns) or 'none'})")
+    rows = table.dicts()
     if not rows:
         raise DataError(f"{csv_path}: manifest has no rows")
     records, seen, multilabel = [], {}, False
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
+    for number, row in zip(table.numbers, rows):  # line 1 is the header
         origin = f"{csv_path.name} row {number}"
         raw_path = row.get("path", "").strip()
         if not raw_path:
             raise DataError(f"{origin}: empty path")
         path = Path(raw_path).expanduser()
         path = path if path.is_absolute() else (base / path)
-        path = Path(str(path.resolve()))
+        path = safe_resolve(path)
         if path in seen:
             raise DataError(f"{origin}: duplicate path {raw_path} (also {seen[path]})")
         seen[path] = origin
@@ -173,6 +194,7 @@ def read_manifest(csv_path: str | Path) -> ImageTable:
     if labeled and len(labeled) != len(records):
         missing = next(r for r in records if not r.labels)
         raise DataError(f"{missing.origin}: empty label (label every row, or none for an unlabeled set)")
+    check_label_spellings(records)
     classes = tuple(sorted({label for r in records for label in r.labels}))
     return ImageTable(records=tuple(records), classes=classes, multilabel=multilabel, source=str(csv_path))
 
@@ -180,8 +202,9 @@ def read_manifest(csv_path: str | Path) -> ImageTable:
 def load_table(path: str | Path) -> ImageTable:
     """Open a class-folder tree, a flat folder or a CSV manifest (decided by what ``path`` is)."""
     path = Path(path).expanduser()
-    if not path.exists():
+    if path_problem(path) == "file not found":
         raise DataError(f"{path}: no such file or folder")
+    require_file(path, "manifest", allow_folder=True)  # a pipe, a device, a symlink loop, ...: said as such
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path}: expected a folder or a .csv manifest")

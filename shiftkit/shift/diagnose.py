@@ -15,7 +15,8 @@ from shiftkit.data.dataset import stratified_split
 from shiftkit.data.metadata import metadata_differences, table_metadata
 from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
-from shiftkit.data.table import ImageTable, load_table
+from shiftkit.data.paths import safe_resolve
+from shiftkit.data.table import LABEL_SEPARATOR, ImageTable, check_label_spellings, load_table
 from shiftkit.data.validate import SkippedImage, check_policy, require_images_left
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.features import Representation, extract, fit_pca, load_finetuned
@@ -81,19 +82,33 @@ def _subsample(table: ImageTable, limit: int | None, seed: int) -> ImageTable:
 
 
 def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTable:
-    """Attach the labels of ``labels_path`` (a path,label CSV covering some target images) to ``target``."""
+    """Attach the labels of ``labels_path`` (a path,label CSV covering some target images) to ``target``.
+
+    Labels the target already has (class folders, a labelled manifest) are kept and merged with the file's: an
+    image labelled in both must carry the same labels, or the run is refused naming both rows."""
     if labels_path is None:
         return target
     labelled = load_table(labels_path)
-    by_path = {r.path.resolve(): r.labels for r in labelled.records}
-    origins = {r.path.resolve(): r.origin for r in labelled.records}  # errors name the labels file's row
-    target_paths = {r.path.resolve() for r in target.records}
+    by_path = {safe_resolve(r.path): r for r in labelled.records}  # errors name the labels file's row
+    target_paths = {safe_resolve(r.path) for r in target.records}
     unknown = [p for p in by_path if p not in target_paths]
     if unknown:
         raise DataError(f"{labels_path}: {unknown[0]} is not one of the target images")
-    records = tuple(replace(r, labels=by_path.get(r.path.resolve(), ()), origin=origins.get(r.path.resolve(), r.origin))
-                    for r in target.records)
-    return replace(target, records=records, classes=labelled.classes, multilabel=labelled.multilabel, _index={})
+    records = []
+    for record in target.records:
+        given = by_path.get(safe_resolve(record.path))
+        if given is None:
+            records.append(record)
+            continue
+        if record.labels and set(record.labels) != set(given.labels):
+            raise DataError(f"{given.origin}: --target-labels gives '{LABEL_SEPARATOR.join(given.labels)}' for "
+                            f"{record.path.name}, which the target already labels "
+                            f"'{LABEL_SEPARATOR.join(record.labels)}' ({record.origin}); remove one of the two")
+        records.append(replace(record, labels=given.labels, origin=given.origin))
+    check_label_spellings(records)
+    classes = tuple(sorted({label for r in records for label in r.labels}))
+    multilabel = target.multilabel or labelled.multilabel
+    return replace(target, records=tuple(records), classes=classes, multilabel=multilabel, _index={})
 
 
 def _check(request: DiagnoseRequest) -> None:
