@@ -23,8 +23,10 @@ def make_trainer(
     patience: int = 100,
     callback=None,
     cache_features: bool = True,
+    train_options: dict | None = None,
     **strategy_options,
 ) -> Trainer:
+    """``train_options``: further ``TrainConfig`` fields (e.g. ``lp_solver``); ``strategy_options``: ``StrategyConfig``'s."""
     table = load_table(data)
     train, val = stratified_split(table, 0.25, seed)
     torch.manual_seed(seed)
@@ -38,7 +40,7 @@ def make_trainer(
         ImageDataset(train, cache),
         ImageDataset(val, cache),
         TrainConfig(strategy=strategy, lr=lr, epochs=epochs, batch_size=8, patience=patience, seed=seed,
-                    device="cpu", cache_features=cache_features),
+                    device="cpu", cache_features=cache_features, **(train_options or {})),
         checkpoint_dir=checkpoint_dir,
         callback=callback,
     )

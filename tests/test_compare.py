@@ -344,8 +344,10 @@ def test_cli_real_grid_then_rerun_skips_everything(phantom_dir, phantom_test_dir
 
 
 def test_cli_real_search_resumes_promoted_arms(phantom_dir, tmp_path):
+    # Adam steps on the head (a solved probe would converge in the first rung and leave nothing to resume)
     result = runner.invoke(app, ["compare", str(phantom_dir), "--search", "--strategies", "lp", "--lrs", "1e-1,1e-3",
-                                 "--epochs", "2", "--budgets", "1,2", "--eta", "2", "--out", str(tmp_path), *REAL])
+                                 "--epochs", "2", "--budgets", "1,2", "--eta", "2", "--lp-solver", "adam",
+                                 "--out", str(tmp_path), *REAL])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "search.json").read_text())["archs"]["resnet18"]
     assert report["budgets"] == [1, 2]

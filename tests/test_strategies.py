@@ -48,8 +48,9 @@ def test_lp_leaves_every_backbone_tensor_bit_identical(phantom_dir):
 
 
 def test_lp_on_cached_features_matches_lp_through_the_backbone(phantom_dir):
-    cached = make_trainer(phantom_dir, "lp", epochs=2, cache_features=True)
-    direct = make_trainer(phantom_dir, "lp", epochs=2, cache_features=False)
+    adam = {"lp_solver": "adam"}  # Adam steps, on cached features or through the frozen backbone
+    cached = make_trainer(phantom_dir, "lp", epochs=2, cache_features=True, train_options=adam)
+    direct = make_trainer(phantom_dir, "lp", epochs=2, cache_features=False, train_options=adam)
     cached.fit()
     direct.fit()
     for a, b in zip(cached.adapted.head.parameters(), direct.adapted.head.parameters()):
@@ -92,7 +93,8 @@ def test_gradual_unfreezing_default_stage_length_is_epochs_over_blocks(phantom_d
 
 
 def test_plateau_advances_a_staged_strategy_instead_of_stopping(phantom_dir):
-    trainer = make_trainer(phantom_dir, "lp_ft", epochs=8, lp_epochs=50, patience=1, lr=1e-6)
+    trainer = make_trainer(phantom_dir, "lp_ft", epochs=8, lp_epochs=50, patience=1, lr=1e-6,
+                           train_options={"lp_solver": "adam"})
     trainer.fit()
     stages = [h["stage"] for h in trainer.history]
     assert stages[0] == 0 and 1 in stages  # left the LP phase long before lp_epochs=50
@@ -100,7 +102,7 @@ def test_plateau_advances_a_staged_strategy_instead_of_stopping(phantom_dir):
 
 
 def test_lp_ft_probes_then_fine_tunes(phantom_dir):
-    trainer = make_trainer(phantom_dir, "lp_ft", epochs=3, lp_epochs=2)
+    trainer = make_trainer(phantom_dir, "lp_ft", epochs=3, lp_epochs=2, train_options={"lp_solver": "adam"})
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     seen = []
 
@@ -148,7 +150,7 @@ def test_sp_penalties_are_the_papers_equations():
     for name, power in (("l1_sp", 1), ("l2_sp", 2)):
         from shiftkit.finetune.strategies import StrategyConfig
 
-        config = StrategyConfig(alpha=0.3, beta=0.7)
+        config = StrategyConfig(alpha=0.3, beta=0.7, sp_update="penalty")
         fresh = build_model("resnet18", 3, "none")
         strategy = make_strategy(name, fresh, config)
         head = set(fresh.head_param_names())

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
                                  user_errors)
+from shiftkit.cli.options import (AlphaOption, BetaOption, ClassWeightOption, LpSolverOption, ProtocolOption,
+                                  RgnWeightDecayOption, SpUpdateOption, training_settings)
 from shiftkit.cli.progress import make_progress
 from shiftkit.io import LOCK_NAME
 from shiftkit.compare.grid import (
@@ -32,7 +34,7 @@ from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import MIN_IMAGE_SIZE, VAL_FRACTION
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig
+from shiftkit.finetune.strategies import STRATEGIES
 from shiftkit.finetune.trainer import resolve_device
 
 
@@ -95,8 +97,7 @@ def _check(settings: CompareSettings, seeds: int) -> None:
         raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {settings.image_size})")
     if settings.monitor != "auto" and settings.monitor not in METRICS:
         raise ConfigError(f"unknown --monitor '{settings.monitor}' (choose auto, {', '.join(METRICS)})")
-    StrategyConfig(epochs_per_block=settings.epochs_per_block, lp_epochs=settings.lp_epochs, alpha=settings.alpha,
-                   beta=settings.beta, rgn_batches=settings.rgn_batches).validate()
+    settings.strategy_config().validate()
     resolve_device(settings.device)
     for path in (settings.data, settings.val, settings.test):
         if path is not None and not path.exists():
@@ -289,9 +290,14 @@ def compare(
     metrics: Optional[str] = typer.Option(None, help="Table columns per architecture (default: map,accuracy,auroc,kappa,f1)."),
     epochs_per_block: Optional[int] = typer.Option(None, help="g_lf/g_fl: epochs per unfrozen block."),
     lp_epochs: int = typer.Option(5, help="lp_ft: epochs of linear probing first."),
-    alpha: float = typer.Option(0.01, help="l1_sp/l2_sp: weight of the distance to the pre-trained weights."),
-    beta: float = typer.Option(0.01, help="l1_sp/l2_sp: weight of the new head's norm."),
+    protocol: ProtocolOption = "shiftkit",
+    lp_solver: LpSolverOption = None,
+    class_weight: ClassWeightOption = None,
+    sp_update: SpUpdateOption = None,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
     rgn_batches: int = typer.Option(5, help="auto_rgn: batches per epoch for the relative gradient norms."),
+    rgn_weight_decay: RgnWeightDecayOption = 1e-4,
     window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes."),
     shard: Optional[str] = typer.Option(None, help="I/N: run only shard I (0-based) of N; e.g. --shard $SLURM_ARRAY_TASK_ID/N."),
@@ -303,8 +309,10 @@ def compare(
     search_seed: int = typer.Option(0, help="--search: the seed of the search's runs."),
 ) -> None:
     """Compare fine-tuning strategies as the paper does (best lr on validation, mean (SE) over seeds)."""
-    check_number(alpha, "--alpha", minimum=0)
-    check_number(beta, "--beta", minimum=0)
+    for value, option in ((alpha, "--alpha"), (beta, "--beta"), (rgn_weight_decay, "--rgn-weight-decay")):
+        if value is not None:
+            check_number(value, option, minimum=0)
+    train_settings, strategy_settings = training_settings(protocol, lp_solver, class_weight, sp_update, alpha, beta)
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
     strategy_list, arch_list, lr_list = parse_strategies(strategies), parse_archs(archs), parse_lrs(lrs)
     for lr in lr_list:
@@ -317,7 +325,7 @@ def compare(
     settings = CompareSettings(
         data=data, val=val, test=test, weights=weights, epochs=epochs, patience=patience, batch_size=batch_size,
         image_size=image_size, monitor=monitor, epochs_per_block=epochs_per_block, lp_epochs=lp_epochs,
-        alpha=alpha, beta=beta, rgn_batches=rgn_batches,
+        rgn_batches=rgn_batches, rgn_weight_decay=rgn_weight_decay, **train_settings, **strategy_settings,
         read_options=read_options, device=device, cache_dir=cache_dir,
     )
     _check(settings, seeds)

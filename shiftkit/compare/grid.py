@@ -47,9 +47,14 @@ class CompareSettings:
     monitor: str = "auto"
     epochs_per_block: int | None = None
     lp_epochs: int = 5
-    alpha: float = 0.01
-    beta: float = 0.01
+    alpha: float | None = None  # None: the strategy's default for sp_update (strategies.SP_DEFAULTS)
+    beta: float | None = None
     rgn_batches: int = 5
+    rgn_weight_decay: float = 1e-4
+    protocol: str = "shiftkit"
+    lp_solver: str = "lbfgs"
+    class_weight: str = "balanced"
+    sp_update: str = "decoupled"
     read_options: ReadOptions = field(default_factory=ReadOptions)
     device: str = "auto"
     cache_dir: Path | None = None
@@ -71,8 +76,18 @@ class CompareSettings:
             "alpha": self.alpha,
             "beta": self.beta,
             "rgn_batches": self.rgn_batches,
+            "rgn_weight_decay": self.rgn_weight_decay,
+            "protocol": self.protocol,
+            "lp_solver": self.lp_solver,
+            "class_weight": self.class_weight,
+            "sp_update": self.sp_update,
             "read_options": self.read_options.key(),
         }
+
+    def strategy_config(self) -> StrategyConfig:
+        return StrategyConfig(epochs_per_block=self.epochs_per_block, lp_epochs=self.lp_epochs, alpha=self.alpha,
+                              beta=self.beta, sp_update=self.sp_update, rgn_batches=self.rgn_batches,
+                              rgn_weight_decay=self.rgn_weight_decay)
 
     def fingerprint(self) -> str:
         return _sha1(json.dumps(self.identity(), sort_keys=True))[:16]
@@ -291,9 +306,9 @@ def finetune_run(spec: RunSpec, settings: CompareSettings, folder: Path, callbac
         resume=True, read_options=settings.read_options,
         train=TrainConfig(strategy=spec.strategy, lr=spec.lr, epochs=settings.epochs,
                           batch_size=settings.batch_size, patience=settings.patience, seed=spec.seed,
-                          device=settings.device, monitor=settings.monitor),
-        strategy=StrategyConfig(epochs_per_block=settings.epochs_per_block, lp_epochs=settings.lp_epochs,
-                                alpha=settings.alpha, beta=settings.beta, rgn_batches=settings.rgn_batches),
+                          device=settings.device, monitor=settings.monitor, protocol=settings.protocol,
+                          lp_solver=settings.lp_solver, class_weight=settings.class_weight),
+        strategy=settings.strategy_config(),
     )
     return run_finetune(request, callback=callback, on_stage=on_stage)
 
