@@ -586,7 +586,7 @@ ODD_IMAGE_PATHS = {
     # name -> (make it under root, what the error says about it)
     "symlink loop": (lambda root: (os.symlink("loop2.png", root / "loop1.png"), os.symlink("loop1.png", root / "loop2.png"),
                                    root / "loop1.png")[-1], "is a symlink loop"),
-    "name over 255 characters": (lambda root: root / ("x" * 300 + ".png"), "file name too long (304 bytes"),
+    "name over 255 characters": (lambda root: root / ("x" * 300 + ".png"), "file name is too long (304 bytes"),
     "character device": (lambda root: Path("/dev/null"), "is a character device, not a file"),
     "FIFO": (lambda root: (os.mkfifo(root / "pipe.png"), root / "pipe.png")[-1], "is a pipe (FIFO"),
     "folder": (lambda root: ((root / "folder.png").mkdir(), root / "folder.png")[-1], "is a folder, not a file"),
@@ -644,7 +644,7 @@ def test_a_manifest_that_is_a_pipe_a_device_or_a_loop_is_one_line(good, tmp_path
                                "manifest to a .csv file and pass that",
         Path("/dev/null"): "/dev/null: the manifest is a character device, not a file",
         tmp_path / "a.csv": "a.csv: the manifest is a symlink loop",
-        tmp_path / ("m" * 300 + ".csv"): "the manifest file name too long (304 bytes; the file system allows 255)",
+        tmp_path / ("m" * 300 + ".csv"): "file name is too long (304 bytes; the file system allows 255)",
     }
     for data, fragment in cases.items():
         line = _error_line(run("diagnose", data, tmp_path / "out", good))

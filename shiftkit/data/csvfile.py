@@ -78,7 +78,7 @@ def require_file(path: Path, what: str, allow_folder: bool = False) -> None:
     problem = path_problem(path, missing=f"{what} not found")
     if problem is None or (allow_folder and problem.startswith("is a folder")):
         return
-    if problem.endswith("not found"):
+    if not problem.startswith("is "):  # not found, name too long, permission denied, ...
         raise DataError(f"{path}: {problem}")
     hint = f"; save the {what} to a .csv file and pass that" if "pipe" in problem else ""
     raise DataError(f"{path}: the {what} {problem}{hint}")

@@ -24,7 +24,7 @@ KINDS = (
 
 def path_problem(path: str | Path, missing: str = "file not found") -> str | None:
     """None for a regular file (after following links); otherwise what the path is, e.g. ``is a character
-    device, not a file``, ``is a symlink loop``, ``file name too long (300 characters; the limit is 255)``,
+    device, not a file``, ``is a symlink loop``, ``file name is too long (300 bytes; ...)``,
     or ``missing`` when nothing is there."""
     text = os.fspath(path)
     if "\x00" in text:
@@ -36,7 +36,7 @@ def path_problem(path: str | Path, missing: str = "file not found") -> str | Non
             return "is a symlink loop (too many levels of symbolic links)"
         if exc.errno == errno.ENAMETOOLONG:
             longest = max((len(part.encode()) for part in Path(text).parts), default=0)
-            return f"file name too long ({longest} bytes; the file system allows 255)"
+            return f"file name is too long ({longest} bytes; the file system allows 255)"
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             if os.path.islink(text):
                 return f"is a broken symbolic link (to {os.readlink(text)})"
