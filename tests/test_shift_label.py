@@ -323,3 +323,69 @@ def test_source_classifier_logits_stay_finite_on_well_separated_high_dimensional
         assert np.isfinite(logits).all()
         assert np.allclose(np.exp(logits).sum(axis=1), 1.0)
     assert estimate_label_shift(classifier, target, bootstrap=20, seed=0).target_prior is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the test's power: "none" only when it could have said otherwise (issue 13, item 17)
+
+def _one_class_target(n_target: int):
+    """A 50/50 source (40 + 40, 30% held out) and a target of ``n_target`` images, all of class a."""
+    xs, ys = gaussian_classes(np.random.default_rng(0), [40, 40])
+    clf = SourceClassifier.fit(xs, ys, ["a", "b"], seed=0)
+    xt, _ = gaussian_classes(np.random.default_rng(1), [n_target, 0])
+    return clf, clf.logits(xt)
+
+
+def test_a_one_class_target_too_small_to_test_is_undecided_not_none():
+    from shiftkit.shift.profile import label_verdict
+
+    clf, logits = _one_class_target(5)
+    result = estimate_label_shift(clf, logits, bootstrap=200, seed=0)
+    assert result.target_prior["a"] > 0.95 and result.p_value >= 0.05  # the reported situation: prior 1.00, p large
+    power = result.details["power"]
+    assert power["max_total_variation"] == pytest.approx(0.5) and power["n_target"] == 5
+    assert power["detectable_total_variation"] >= power["max_total_variation"]  # no target of 5 could reject
+    assert not power["detects_strong_change"]
+    verdict = label_verdict(result)
+    assert verdict.level == "undecided", verdict
+    assert "cannot decide with 5 target images" in verdict.reason and "a 1.00" in verdict.reason
+    clf, logits = _one_class_target(30)  # the same shift with enough images is found
+    assert label_verdict(estimate_label_shift(clf, logits, bootstrap=200, seed=0)).level == "strong"
+
+
+def test_too_few_null_draws_cannot_reject_and_the_verdict_says_so(planted):
+    """bootstrap=10: the smallest p-value is 1/11 > 0.05, so even the planted 0.7/0.2/0.1 shift used to read "none"."""
+    from shiftkit.shift.profile import label_verdict
+
+    clf, target_logits = planted
+    result = estimate_label_shift(clf, target_logits, bootstrap=10, seed=0)
+    assert result.details["power"]["detectable_total_variation"] is None
+    verdict = label_verdict(result)
+    assert verdict.level == "undecided" and "--bootstrap" in verdict.reason, verdict
+
+
+def test_no_shift_on_a_large_target_is_none_and_says_what_it_could_detect():
+    from shiftkit.shift.profile import label_verdict
+
+    xs, ys = gaussian_classes(np.random.default_rng(0), [150, 150])
+    clf = SourceClassifier.fit(xs, ys, ["a", "b"], seed=0)
+    xt, _ = gaussian_classes(np.random.default_rng(1), [150, 150])
+    result = estimate_label_shift(clf, clf.logits(xt), bootstrap=200, seed=0)
+    verdict = label_verdict(result)
+    detectable = result.details["power"]["detectable_total_variation"]
+    assert verdict.level == "none" and f"detects a total variation above {detectable:.2f}" in verdict.reason
+    assert result.details["power"]["detects_strong_change"] and detectable < 0.10
+
+
+def test_the_detectable_total_variation_is_where_the_p_value_crosses_alpha():
+    from shiftkit.shift.label import detection_power
+    from shiftkit.shift.stats import permutation_p_value
+
+    null = np.random.default_rng(0).gamma(2.0, 0.1, 199)
+    for draws in (20, 40, 199):
+        sub = null[:draws]
+        threshold = 2 * detection_power(sub, np.array([0.5, 0.5]), 0.05, 10)["detectable_total_variation"]
+        assert permutation_p_value(threshold, sub) >= 0.05
+        assert permutation_p_value(np.nextafter(threshold, np.inf), sub) < 0.05
+    # 19 draws: the smallest p-value is 1/20 = 0.05, which does not reject at 0.05
+    assert detection_power(null[:19], np.array([0.5, 0.5]), 0.05, 10)["detectable_total_variation"] is None

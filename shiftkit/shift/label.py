@@ -34,6 +34,7 @@ intervals and a parametric-bootstrap test of "no label shift", and returns a fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -42,6 +43,7 @@ from scipy import optimize
 from scipy.special import logsumexp
 
 from shiftkit.errors import ConfigError
+from shiftkit.shift.profile import STRONG_PRIOR_TV
 from shiftkit.shift.stats import PValueResult, ShiftInputError, as_float_array, encode_labels, permutation_p_value
 
 METHODS = ("em_bcts", "bbse", "rlls")
@@ -517,6 +519,32 @@ def _resample_held_out(rng: np.random.Generator, y: np.ndarray, k: int, prior_n:
     return np.concatenate([rng.choice(m, size=c, replace=True) for m, c in zip(members, counts)])
 
 
+def detection_power(null: np.ndarray, source_prior: np.ndarray, alpha: float, n_target: int) -> dict[str, Any]:
+    """What the "no label shift" test can detect at this target size and number of null draws.
+
+    ``detectable_total_variation``: the test rejects at ``alpha`` only when the estimated total variation is above
+    this (half the L1 critical value of the null); None when no value can reject (``1 / (1 + draws) >= alpha``).
+    ``max_total_variation``: the largest change the source prior allows (every target image in its rarest class).
+    ``detects_strong_change``: a strong change (total variation >= :data:`shiftkit.shift.profile.STRONG_PRIOR_TV`)
+    would be detected. A small target makes the null wide: five images of one class of a 50/50 source give an
+    estimated prior of 1.00 and p = 0.08, which says "cannot tell", not "no shift" (see
+    :func:`shiftkit.shift.profile.label_verdict`).
+    """
+    null = np.sort(np.asarray(null, dtype=np.float64))[::-1]
+    draws = len(null)
+    # p = (1 + #{null >= t}) / (1 + draws) < alpha  <=>  #{null >= t} <= allowed
+    allowed = math.ceil(alpha * (1 + draws) - 1) - 1
+    detectable = float(null[allowed]) / 2 if 0 <= allowed < draws else (0.0 if allowed >= draws else None)
+    largest = float(1.0 - np.min(source_prior))
+    return {
+        "detectable_total_variation": detectable,
+        "max_total_variation": largest,
+        "smallest_p_value": 1.0 / (1 + draws),
+        "n_target": int(n_target),
+        "detects_strong_change": detectable is not None and detectable < min(STRONG_PRIOR_TV, largest),
+    }
+
+
 def estimate_label_shift(classifier: SourceClassifier, target_logits: Any, method: str = "em_bcts",
                          bootstrap: int = 200, seed: int = 0, alpha: float = 0.05,
                          null_draws: int | None = None) -> LabelShiftResult:
@@ -577,6 +605,7 @@ def estimate_label_shift(classifier: SourceClassifier, target_logits: Any, metho
     p_value = permutation_p_value(statistic, null)
 
     classes = list(classifier.classes)
+    power = detection_power(null, p, alpha, n_tgt)
     details = {
         "alpha": alpha,
         "source_prior_from": "held-out source label frequencies",
@@ -589,6 +618,7 @@ def estimate_label_shift(classifier: SourceClassifier, target_logits: Any, metho
         "null_mean": float(null.mean()),
         "null_quantile_95": float(np.quantile(null, 0.95)),
         "total_variation": statistic / 2,
+        "power": power,
         "classifier": dict(classifier.details),
     }
     return LabelShiftResult(

@@ -5,7 +5,11 @@ Verdict thresholds (README, "Reading the verdict"):
   the tests run; it is *strong* when the domain classifier tells the domains apart with AUC >= 0.75
   (proxy A-distance >= 1.0 for a balanced classifier's error of 0.25), otherwise *mild*;
 - label: detected when the "no label shift" test rejects at ``alpha``; *strong* when the total-variation distance
-  between the estimated target prior and the source prior is >= 0.10, otherwise *mild*;
+  between the estimated target prior and the source prior is >= 0.10, otherwise *mild*. When the test does not
+  reject, the verdict is *undecided* rather than *none* if the test could not have rejected: too few null draws
+  (its smallest p-value is not below ``alpha``), a target so small that even the largest possible prior change is
+  within chance, or an estimated change that would be strong (>= 0.10) but lies below what the test detects at this
+  target size; a *none* says above which total variation the test would have detected a change;
 - concept (only with target labels): detected when the P(Y|X)-equality test rejects at ``alpha``; *strong* when the
   target error exceeds what covariate + label shift predict by >= 0.05, otherwise *mild*.
 """
@@ -37,7 +41,7 @@ class DatasetProfile:
 
 @dataclass(frozen=True)
 class Verdict:
-    level: str  # none | mild | strong | not measured
+    level: str  # none | mild | strong | undecided (label: the test cannot tell at this sample size) | not measured
     reason: str
 
 
@@ -63,9 +67,33 @@ def label_verdict(label: Any, alpha: float = ALPHA, why_not: str | None = None) 
         return Verdict("not measured", why_not or "the source has no labels")
     tv = 0.5 * label.statistic
     if label.p_value >= alpha:
-        return Verdict("none", f"estimated priors are consistent with the source's (p = {label.p_value:.3g})")
+        return _no_rejection(label, tv, alpha)
     level = "strong" if tv >= STRONG_PRIOR_TV else "mild"
     return Verdict(level, f"class priors differ (total variation {tv:.2f}, p = {label.p_value:.3g})")
+
+
+def _no_rejection(label: Any, tv: float, alpha: float) -> Verdict:
+    """"none" only when the test could have said otherwise; "undecided" (with why) when it could not."""
+    p = f"p = {label.p_value:.3g}"
+    power = (getattr(label, "details", None) or {}).get("power")
+    if not power:  # a result without the power figures (an older report, a stand-in): the plain reading
+        return Verdict("none", f"estimated priors are consistent with the source's ({p})")
+    detectable, largest, n = power["detectable_total_variation"], power["max_total_variation"], power["n_target"]
+    estimate = ", ".join(f"{c} {q:.2f}" for c, q in sorted(label.target_prior.items(), key=lambda kv: -kv[1])[:3])
+    if detectable is None:
+        return Verdict("undecided", f"the test cannot reject at α = {alpha} with its number of null draws (the "
+                                    f"smallest p-value is {power['smallest_p_value']:.3g}); use more --bootstrap "
+                                    f"draws (estimated target priors: {estimate}; {p})")
+    if detectable >= largest:
+        return Verdict("undecided", f"the test cannot decide with {n} target images: even the largest possible "
+                                    f"prior change (total variation {largest:.2f}, every image in one class) is "
+                                    f"within chance ({p}); estimated target priors: {estimate}; add target images")
+    if tv >= STRONG_PRIOR_TV:
+        return Verdict("undecided", f"the estimated change would be strong (total variation {tv:.2f}; {estimate}) "
+                                    f"but with {n} target images the test only detects one above {detectable:.2f} "
+                                    f"({p}); add target images")
+    return Verdict("none", f"estimated priors are consistent with the source's ({p}; with {n} target images the "
+                           f"test detects a total variation above {detectable:.2f})")
 
 
 def concept_verdict(concept: Any, alpha: float = ALPHA, why_not: str | None = None) -> Verdict:
