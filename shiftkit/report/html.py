@@ -12,7 +12,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-botto
 table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.verdict-none { color: #1a7f37; } .verdict-mild { color: #9a6700; } .verdict-strong { color: #cf222e; font-weight: bold; }
+.verdict-none { color: #1a7f37; } .verdict-mild { color: #9a6700; } .verdict-strong { color: #cf222e; font-weight: bold; } .verdict-undecided { color: #8250df; }
 img { max-width: 100%; } .note { color: #555; font-size: .9em; }
 """
 
