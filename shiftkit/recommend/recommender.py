@@ -199,9 +199,10 @@ def _level(verdict: dict, name: str) -> str | None:
     if entry is None:
         return None
     level = entry.get("level") if isinstance(entry, dict) else None
-    if level not in ("none", "mild", "strong", "not measured"):
-        raise DataError(f"the report's verdict.{name}.level is {level!r}, not none, mild, strong or not measured")
-    return None if level == "not measured" else level
+    if level not in ("none", "mild", "strong", "undecided", "not measured"):
+        raise DataError(f"the report's verdict.{name}.level is {level!r}, not none, mild, strong, undecided or "
+                        "not measured")
+    return None if level in ("undecided", "not measured") else level  # undecided: the test could not tell
 
 
 @dataclass(frozen=True)
