@@ -163,6 +163,26 @@ def test_multilabel_manifest_trains_with_sigmoid_outputs_and_map(phantom_dir, tm
     assert metrics["task"] == "multilabel" and metrics["monitor"] == "map"
     assert metrics["classes"] == ["odd", "oval", "round", "spiky"]
     assert 0.0 <= metrics["val"]["map"] <= 1.0
+    # the head phase was solved (one sigmoid per label), then all layers trained
+    assert metrics["linear_probe"]["solver"] == "lbfgs" and [h["phase"] for h in metrics["history"]] == ["lp", "ft"]
+
+
+def test_protocol_paper_sets_its_options_and_a_given_option_wins(phantom_dir, tmp_path):
+    result = invoke(phantom_dir, "--strategy", "l1_sp", "--protocol", "paper", "--class-weight", "balanced",
+                    "--epochs", "1", "--out", tmp_path / "o", *FAST)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "o" / "metrics.json").read_text())["config"]
+    assert config["protocol"] == "paper"
+    assert (config["train"]["lp_solver"], config["train"]["class_weight"]) == ("adam", "balanced")
+    assert (config["strategy"]["sp_update"], config["strategy"]["alpha"], config["strategy"]["beta"]) == \
+        ("penalty", 0.01, 0.01)
+
+
+@pytest.mark.parametrize("option", [["--protocol", "nature"], ["--lp-solver", "sgd"], ["--class-weight", "inverse"],
+                                    ["--sp-update", "prox"], ["--alpha", "nan"], ["--lr", "inf"]])
+def test_bad_training_options_are_one_line_before_any_image_is_read(phantom_dir, tmp_path, option):
+    line = _error_line(invoke(phantom_dir, "--out", tmp_path / "o", *option, *FAST))
+    assert option[0] in line, line
 
 
 def test_out_naming_a_file_is_a_one_line_error(phantom_dir, tmp_path):
