@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from shiftkit.cli import app
 from shiftkit.data.synthetic import write_dataset
 from shiftkit.data.table import load_table
-from shiftkit.errors import DataError
+from shiftkit.errors import ConfigError, DataError
 from shiftkit.harmonize.apply import harmonize_table, load_harmonizer, make_harmonizer
 from shiftkit.harmonize.colour import Macenko, Reinhard, rgb_to_lab
 from shiftkit.harmonize.intensity import HistogramMatching, NyulStandardization, ZScore
@@ -509,6 +509,42 @@ def test_a_harmonizer_that_would_write_non_finite_or_constant_pixels_is_refused(
     with pytest.raises(DataError, match=r"im0\.tiff.*constant"):
         harmonize_table(table, table, "zscore", tmp_path / "b", harmonizer=fitted)
     assert not list((tmp_path / "a").rglob("*.tiff")) and not list((tmp_path / "b").rglob("*.tiff"))
+
+
+def test_harmonize_reads_images_through_the_checked_opens(tmp_path, monkeypatch):
+    """Odd paths are named for what they are (not 'file not found') and the decoded-size limit of the image
+    readers (SHIFTKIT_MAX_IMAGE_GB) holds for harmonize's raw reads too, from the header (issue 13, items 8, 9)."""
+    import SimpleITK as sitk
+
+    from shiftkit.data.table import ImageRecord
+    from shiftkit.errors import ImageReadError
+    from shiftkit.harmonize.apply import read_raw
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    for path, words in [(Path("/dev/null"), "is a character device, not a file"),
+                        (tmp_path / "pipe.png", "is a pipe (FIFO or process substitution), not a file"),
+                        (tmp_path / "folder.png", "is a folder, not a file")]:
+        with pytest.raises(ImageReadError) as error:
+            read_raw(ImageRecord(path, origin="m.csv row 2"))
+        assert str(error.value) == f"m.csv row 2: {words} ({path})"
+    png = tmp_path / "small.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(png)
+    volume = tmp_path / "volume.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 40, 40), np.uint8)), str(volume))
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", str(15_000 / 1024**3))  # a 64^2 8-bit PNG needs 20 kB
+    monkeypatch.setattr(sitk.ImageFileReader, "Execute", lambda self: pytest.fail("pixels read despite the header"))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: pytest.fail("pixels read despite the header"))
+    with pytest.raises(ImageReadError, match=r"small.png: image is 64x64 pixels, which would take 20 kB to decode, "
+                                             r"above the limit of 15 kB per image \(set SHIFTKIT_MAX_IMAGE_GB"):
+        read_raw(ImageRecord(png))
+    with pytest.raises(ImageReadError, match=r"volume.nii.gz: image is 40x40x40 voxels, which would take 125 kB"):
+        read_raw(ImageRecord(volume))
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", "lots")  # a mistyped limit is said as such, not "cannot decode"
+    with pytest.raises(ConfigError, match="SHIFTKIT_MAX_IMAGE_GB='lots'"):
+        read_raw(ImageRecord(png))
+    monkeypatch.setenv("SHIFTKIT_MAX_IMAGE_GB", "0")
+    assert read_raw(ImageRecord(png)).array.shape == (64, 64, 1)
 
 
 # ------------------------------------------------------------------------------- --out is never an input (issue 13, 5)

@@ -126,18 +126,20 @@ def _is_nifti(path: Path) -> bool:
 
 def read_raw(record: ImageRecord) -> RawImage:
     """Decode ``record.path`` at its stored intensities (errors name the file)."""
+    from shiftkit.data.paths import path_problem
     from shiftkit.data.readers import PIL_SUFFIXES, SITK_SUFFIXES
 
     path = Path(record.path)
-    if not path.is_file():
-        raise ImageReadError(f"{record.origin or path}: file not found ({path})")
+    problem = path_problem(path)  # a device, pipe, folder or loop is named for what it is, not "not found"
+    if problem is not None:
+        raise ImageReadError(f"{record.origin}: {problem} ({path})" if record.origin else f"{path}: {problem}")
     name = path.name.lower()
     try:
         if name.endswith(PIL_SUFFIXES):
             return _read_pil_raw(path, record.spacing)
         if name.endswith(SITK_SUFFIXES):
             return _read_sitk_raw(path, record.spacing)
-    except (ImageReadError, DataError):
+    except (ImageReadError, DataError, ConfigError):
         raise
     except Exception as exc:  # PIL and SimpleITK raise many types for corrupt files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -146,9 +148,9 @@ def read_raw(record: ImageRecord) -> RawImage:
 
 
 def _read_pil_raw(path: Path, spacing: tuple[float, ...] | None) -> RawImage:
-    from PIL import Image
+    from shiftkit.data.readers import open_pil
 
-    with Image.open(path) as image:
+    with open_pil(path) as image:  # refused from the header above the decoded-size limit
         image.load()
         mode = image.mode
         if mode.startswith("I;16") or (mode == "I" and path.suffix.lower() == ".png"):
@@ -170,7 +172,9 @@ def _read_pil_raw(path: Path, spacing: tuple[float, ...] | None) -> RawImage:
 def _read_sitk_raw(path: Path, spacing: tuple[float, ...] | None) -> RawImage:
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    from shiftkit.data.readers import read_sitk
+
+    image = read_sitk(path)  # refused from the header above the decoded-size limit
     if spacing is not None:
         if len(spacing) != image.GetDimension():
             raise DataError(f"{path}: manifest spacing {spacing} has {len(spacing)} value(s) but the image is "
@@ -314,9 +318,9 @@ def _header_geometry(record: ImageRecord) -> tuple[tuple[int, ...], tuple[float,
     name = record.path.name.lower()
     try:
         if name.endswith(PIL_SUFFIXES):
-            from PIL import Image
+            from shiftkit.data.readers import open_pil
 
-            with Image.open(record.path) as image:
+            with open_pil(record.path) as image:  # no raw DecompressionBombWarning; too large: read_raw says so
                 size = tuple(image.size)
             return size, record.spacing or (1.0,) * len(size)
         if name.endswith(SITK_SUFFIXES):
