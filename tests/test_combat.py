@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,6 +300,36 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     assert "nowhere" in line
     line = error_line(runner.invoke(app, ["combat", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x.csv")]))
     assert "missing.csv" in line
+
+
+def test_cli_a_feature_table_is_read_by_the_one_csv_reader(tmp_path):
+    """issue 13, item 12: combat reads its table with shiftkit.data.csvfile, like audit: a ';'/decimal-comma table,
+    UTF-16 without a byte-order mark and a device are each said as such; rows keep their line in the file."""
+    features, sites, age = planted(per_site=20)
+    source = write_csv(tmp_path / "f.csv", features, sites, age)
+    lines = source.read_text().splitlines()
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("\n".join(line.replace(",", ";").replace(".", ",") for line in lines) + "\n")
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(source.read_text().encode("utf-16-le"))
+    expected = {
+        semicolons: f"{semicolons}: the feature table's columns are separated by semicolons (';'), not commas; save "
+                    "it as a comma-separated CSV (with '.' as the decimal point)",
+        utf16: f"{utf16}: feature table looks like UTF-16 text without a byte-order mark; save it as UTF-8 CSV",
+        Path("/dev/null"): "/dev/null: the feature table is a character device, not a file",
+    }
+    for table, message in expected.items():
+        line = error_line(runner.invoke(app, ["combat", str(table), "--out", str(tmp_path / "x.csv")]))
+        assert line == f"error: {message}", line
+    bad = features.copy()
+    bad[3, 1] = np.nan
+    gaps = tmp_path / "gaps.csv"  # a blank line after the header: data row 3 is line 6 of the file
+    header, *rows = write_csv(tmp_path / "nan.csv", bad, sites, age).read_text().splitlines()
+    gaps.write_text("\n".join([header, ""] + rows) + "\n")
+    line = error_line(runner.invoke(app, ["combat", str(gaps), "--label-column", "label",
+                                          "--out", str(tmp_path / "x.csv")]))
+    assert "feature column 'original_f1' row 6 is nan" in line, line
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_cli_never_harmonizes_a_numeric_identifier_column(tmp_path):

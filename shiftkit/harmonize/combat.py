@@ -541,32 +541,17 @@ class FeatureTable:
     path: Path
     header: list[str]
     rows: list[list[str]]
+    numbers: list[int] = field(default_factory=list)  # each row's line in the file (blank lines skipped)
 
     @classmethod
     def read(cls, path: str | Path) -> "FeatureTable":
-        import csv
+        from shiftkit.data.csvfile import read_csv
 
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: feature table not found")
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.reader(handle)
-                header = [c.strip() for c in next(reader, [])]
-                rows = [row for row in reader if any(cell.strip() for cell in row)]
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text") from None
-        except csv.Error as exc:
-            raise DataError(f"{path}: not a valid CSV file ({exc})") from None
-        if not header or not rows:
-            raise DataError(f"{path}: the table has no header or no rows")
-        duplicate = next((c for c in header if header.count(c) > 1), None)
-        if duplicate is not None:
-            raise DataError(f"{path}: column '{duplicate}' appears twice")
-        for number, row in enumerate(rows, start=2):
-            if len(row) != len(header):
-                raise DataError(f"{path} row {number}: {len(row)} cells for {len(header)} columns")
-        return cls(path, header, rows)
+        # the one CSV reader: odd paths, encodings, ';'/tab separators and NUL bytes are said as such
+        table = read_csv(path, "feature table", strict=True)
+        if not table.header or not table.rows:
+            raise DataError(f"{table.path}: the table has no header or no rows")
+        return cls(table.path, table.header, table.rows, table.numbers)
 
     def column(self, name: str) -> list[str]:
         if name not in self.header:
@@ -577,7 +562,7 @@ class FeatureTable:
 
     @property
     def row_numbers(self) -> list[int]:
-        return list(range(2, len(self.rows) + 2))
+        return list(self.numbers) if self.numbers else list(range(2, len(self.rows) + 2))
 
     def numeric_matrix(self, columns: Sequence[str]) -> np.ndarray:
         """Values of ``columns`` as floats; an empty, non-numeric or non-finite cell stops with its column and
