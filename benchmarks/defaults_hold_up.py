@@ -101,6 +101,8 @@ def run_one(manifests: dict[str, Path], folder: Path, strategy: str, seed: int, 
     return {"test_auroc": result["test"]["auroc"], "val_auroc": result["val"]["auroc"],
             "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"], "seconds": seconds,
             "linear_probe_C": (result.get("linear_probe") or {}).get("C"),
+            "linear_probe_solve_seconds": (result.get("linear_probe") or {}).get("solve_seconds"),
+            "seconds_per_epoch": sum(h["seconds"] for h in result["history"]) / max(len(result["history"]), 1),
             "relative_change": relative_change(folder / "checkpoints" / "best.pt")}
 
 
