@@ -164,7 +164,8 @@ def main() -> None:
         print(dataset, "sklearn_lr", json.dumps(results[dataset]["sklearn_lr"]["-"]), flush=True)
         for strategy in strategies:
             for seed in seeds:
-                folder = args.out / "runs" / dataset / strategy / f"seed{seed}"
+                cap = f"_epochs{args.epochs}" if args.epochs is not None else ""  # capped runs kept apart
+                folder = args.out / "runs" / dataset / strategy / f"seed{seed}{cap}"
                 entry = run_one(manifests, folder, strategy, seed, args.epochs)
                 results[dataset].setdefault(strategy, {})[f"seed{seed}"] = entry
                 print(dataset, strategy, seed, json.dumps(entry), flush=True)
