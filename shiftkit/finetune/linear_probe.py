@@ -10,6 +10,7 @@ features it does not depend on luck in the first epochs (Kumar et al. 2022: LP-F
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,9 +51,10 @@ class ProbeFit:
     C: float
     scores: dict[float, float] = field(default_factory=dict)  # validation score per C
     converged: bool = True
+    seconds: float = 0.0  # the whole C sweep (the backbone's feature pass not included)
 
     def record(self) -> dict:
-        return {"solver": "lbfgs", "C": self.C, "converged": self.converged,
+        return {"solver": "lbfgs", "C": self.C, "converged": self.converged, "solve_seconds": round(self.seconds, 3),
                 "val_score_per_C": {f"{c:g}": s for c, s in self.scores.items()}}
 
 
@@ -108,6 +110,7 @@ def fit_linear_probe(
     scorer: Scorer, class_weights: np.ndarray | None = None, Cs=DEFAULT_CS, seed: int = 0,
 ) -> ProbeFit:
     """Fit the head for every ``C`` in ``Cs`` and keep the one ``scorer`` rates best on ``val_x``."""
+    started = time.perf_counter()
     scaler = StandardScaler().fit(train_x.astype(np.float64))
     z_train, z_val = scaler.transform(train_x.astype(np.float64)), scaler.transform(val_x.astype(np.float64))
     fits = _fit_multilabel(z_train, train_y, class_weights, Cs, seed) if task == "multilabel" else \
@@ -124,4 +127,5 @@ def fit_linear_probe(
     C, coef, intercept, converged = best
     weight = coef / scaler.scale_  # logits = coef @ (x - mean) / scale + intercept
     bias = intercept - weight @ scaler.mean_
-    return ProbeFit(weight=weight, bias=bias, C=C, scores=scores, converged=converged)
+    return ProbeFit(weight=weight, bias=bias, C=C, scores=scores, converged=converged,
+                    seconds=time.perf_counter() - started)
