@@ -106,14 +106,14 @@ def run_one(manifests: dict[str, Path], folder: Path, strategy: str, seed: int, 
             "relative_change": relative_change(folder / "checkpoints" / "best.pt")}
 
 
-def sklearn_reference(manifests: dict[str, Path]) -> dict:
+def sklearn_reference(manifests: dict[str, Path], cache_dir: Path) -> dict:
     """Logistic regression on the frozen ImageNet features, C chosen on validation AUROC (the same C grid)."""
     adapted = build_model(ARCH, 2, "imagenet", IMAGE_SIZE)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = {}
     for split, path in manifests.items():
         table = load_table(path)
-        data[split] = (extract(table, adapted, device).embeddings, table.targets())
+        data[split] = (extract(table, adapted, device, cache_dir=cache_dir).embeddings, table.targets())
     started = time.perf_counter()
     best = None
     for C in DEFAULT_CS:
@@ -160,7 +160,7 @@ def main() -> None:
     results: dict = {}
     for dataset in datasets:
         manifests = prepare(dataset, args.shared, args.out / "data")
-        results[dataset] = {"sklearn_lr": {"-": sklearn_reference(manifests)}}
+        results[dataset] = {"sklearn_lr": {"-": sklearn_reference(manifests, args.out / "embedding_cache")}}
         print(dataset, "sklearn_lr", json.dumps(results[dataset]["sklearn_lr"]["-"]), flush=True)
         for strategy in strategies:
             for seed in seeds:
