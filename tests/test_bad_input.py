@@ -770,6 +770,47 @@ def test_an_all_nan_float_tiff_is_a_bad_image_not_a_black_one(good, tmp_path):
     assert [s["reason"] for s in skipped] == ["image has no finite pixel values (all NaN or infinite)"]
 
 
+# -- --out never in the data a command reads (issue 13, item 5, for diagnose, finetune, compare, audit) ------------
+
+OUT_IN_DATA = {  # case -> (command, which folder of the data, how the message names it)
+    "diagnose source": ("diagnose", "classes", "source"),
+    "diagnose target": ("diagnose", "target", "target"),
+    "finetune": ("finetune", "classes", "data"),
+    "compare": ("compare", "classes", "data"),
+}
+
+
+@pytest.mark.parametrize("where", ["is", "inside"])
+@pytest.mark.parametrize("case", list(OUT_IN_DATA))
+def test_an_out_in_a_data_folder_is_refused_before_any_work(good, tmp_path, case, where):
+    """diagnose SRC TGT --out SRC wrote plots/ into a class-folder SRC (a new class 'plots' the next time);
+    --out SRC/results made 'results' a class. Every command reading a data folder refuses both, writing nothing."""
+    command, folder, what = OUT_IN_DATA[case]
+    copy = Good(shutil.copytree(good.classes, tmp_path / "classes"), shutil.copytree(good.target, tmp_path / "target"))
+    data = getattr(copy, folder)
+    out = data if where == "is" else data / "results"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    line = _error_line(invoke(WITH_OUT[command](out, copy, tmp_path)))
+    if where == "is":
+        assert line == (f"error: --out {out} is the {what} ({data}): writing there would overwrite the {what}'s "
+                        "files or mix the outputs into them; choose another --out"), line
+    else:
+        assert line == (f"error: --out {out} is inside the {what} folder ({data}), which is read whole as data: the "
+                        f"outputs would become part of the {what} (a new class, or more images) the next time it is "
+                        "read; choose another --out"), line
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or replaced
+    assert not (data / "results").exists()
+
+
+def test_audit_never_writes_its_report_over_the_table_it_reads(tmp_path):
+    out = tmp_path / "out"
+    table = _features_csv(out / "audit.json")  # a features table saved under the report's name
+    before = table.read_bytes()
+    line = _error_line(invoke(["audit", table, "--features-table", "--out", out]))
+    assert line == f"error: --out {out} would overwrite the features table {table}; choose another --out", line
+    assert table.read_bytes() == before and sorted(out.iterdir()) == [table]
+
+
 if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code
     import tempfile
 

@@ -231,7 +231,7 @@ def test_a_failed_adabn_leaves_the_running_statistics_as_they_were():
 
 # -- --out never replaces an input (issue 13, item 5) ---------------------------------------------------------------
 @pytest.mark.parametrize("case", ["out_is_the_run", "out_is_the_checkpoint_file", "checkpoint_file_inside_out",
-                                  "out_is_the_target"])
+                                  "out_is_the_target", "out_inside_the_target"])
 def test_cli_adapt_bn_refuses_an_out_that_is_an_input(finetuned, phantom_test_dir, tmp_path, case):
     import shutil
 
@@ -243,6 +243,7 @@ def test_cli_adapt_bn_refuses_an_out_that_is_an_input(finetuned, phantom_test_di
         "out_is_the_checkpoint_file": (best, best),
         "checkpoint_file_inside_out": (best, run_dir),
         "out_is_the_target": (run_dir, target),
+        "out_inside_the_target": (run_dir, target / "adapted"),  # checkpoints/ would be a class of the target
     }[case]
     before = {p: p.read_bytes() for root in (run_dir, target) for p in root.rglob("*") if p.is_file()}
     result = runner.invoke(app, ["adapt-bn", str(checkpoint), str(target), "--out", str(out), "--batch-size", "6",
@@ -252,3 +253,4 @@ def test_cli_adapt_bn_refuses_an_out_that_is_an_input(finetuned, phantom_test_di
     after = {p: p.read_bytes() for root in (run_dir, target) for p in root.rglob("*") if p.is_file()
              if p.name != ".shiftkit.lock"}
     assert after == before  # best.pt, metrics.json and the target untouched, nothing added
+    assert not (target / "adapted").exists()

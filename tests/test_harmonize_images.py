@@ -550,7 +550,7 @@ def test_harmonize_reads_images_through_the_checked_opens(tmp_path, monkeypatch)
 # ------------------------------------------------------------------------------- --out is never an input (issue 13, 5)
 
 @pytest.mark.parametrize("case", ["out_is_the_reference", "out_holds_the_input_manifest", "out_holds_the_harmonizer",
-                                  "out_is_the_input_with_jpegs"])
+                                  "out_is_the_input_with_jpegs", "out_inside_the_input", "out_inside_the_reference"])
 def test_cli_harmonize_refuses_an_out_that_is_an_input(domains, tmp_path, case):
     import shutil
 
@@ -569,6 +569,11 @@ def test_cli_harmonize_refuses_an_out_that_is_an_input(domains, tmp_path, case):
         "out_holds_the_harmonizer": [str(target), "--out", str(saved.parent), "--harmonizer", str(saved)],
         "out_is_the_input_with_jpegs": [str(target), "--out", str(target) + "/.", "--method", "zscore",
                                         "--reference", str(reference)],
+        # a folder is read whole: harmonized images inside it would join the input (or reference) next time
+        "out_inside_the_input": [str(target), "--out", str(target / "harmonized"), "--method", "zscore",
+                                 "--reference", str(reference)],
+        "out_inside_the_reference": [str(target), "--out", str(reference / "round" / "harmonized"), "--method", "zscore",
+                                     "--reference", str(reference)],
     }[case]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = CliRunner().invoke(app, ["harmonize", *args, "--no-measure"])

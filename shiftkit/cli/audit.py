@@ -10,6 +10,7 @@ import typer
 from shiftkit.cli.common import check_number, console, err_console, output_folder, parse_window, user_errors
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
+from shiftkit.paths import refuse_overwriting_inputs
 
 
 @user_errors
@@ -50,6 +51,8 @@ def audit(
     check_number(alpha, "--alpha", above=0, below=1)
     check_number(dominance, "--dominance", minimum=0, maximum=1)
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    refuse_overwriting_inputs(out, [out / "audit.json", out / "audit.html"],
+                              {"features table" if features_table else "manifest": table})
     out = output_folder(out)
     if features_table:
         from shiftkit.audit.features_table import FeaturesAuditRequest, run_features_audit

@@ -36,6 +36,7 @@ from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import MIN_IMAGE_SIZE, VAL_FRACTION
 from shiftkit.finetune.strategies import STRATEGIES
 from shiftkit.finetune.trainer import resolve_device
+from shiftkit.paths import refuse_overwriting_inputs
 
 
 class GridProgress:
@@ -318,6 +319,10 @@ def compare(
     for lr in lr_list:
         check_number(lr, "--lrs", above=0, maximum=MAX_LEARNING_RATE)
     shard_spec = parse_shard(shard)
+    refuse_overwriting_inputs(out, [out / name for name in ("runs.jsonl", "compare.md", "compare.json", "compare.html",
+                                                           "search.json")],
+                              {"data": data, "validation data": val, "test data": test},
+                              scanned=("data", "validation data", "test data"))
     # shards of one grid run at once into one folder (each appends to its own runs file): one lock per shard
     out = output_folder(out, lock_name=f".shiftkit-shard-{shard_spec[0]}-of-{shard_spec[1]}.lock" if shard_spec
                         else LOCK_NAME)

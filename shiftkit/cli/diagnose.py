@@ -10,6 +10,7 @@ import typer
 from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
+from shiftkit.paths import refuse_overwriting_inputs
 from shiftkit.shift.diagnose import COVARIATE_TESTS, DiagnoseRequest, run_diagnose
 
 
@@ -41,6 +42,8 @@ def diagnose(
 ) -> None:
     """How far has TARGET drifted from SOURCE? Covariate, label and concept shift with p-values and intervals."""
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
+    refuse_overwriting_inputs(out, [out / "report.json", out / "report.html"], {  # plots/ in SRC: a new class
+        "source": source, "target": target, "target labels": target_labels}, scanned=("source", "target"))
     out = output_folder(out)
     request = DiagnoseRequest(
         source=source, target=target, arch=arch, weights=weights, checkpoint=checkpoint, target_labels=target_labels,

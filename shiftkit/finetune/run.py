@@ -27,6 +27,7 @@ from shiftkit.finetune.trainer import (
     Trainer, TrainConfig, TrainerCallback, config_dict, resolve_device, resolve_precision,
 )
 from shiftkit.io import write_json
+from shiftkit.paths import refuse_overwriting_inputs
 from shiftkit.models.registry import build_model
 from shiftkit.data.fingerprint import table_fingerprint
 from shiftkit.privacy import shown_path
@@ -111,6 +112,9 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
     """Train, keep the best epoch by validation, evaluate, write ``out/metrics.json``; return its content."""
     cfg = request.train
     _check_options(request)
+    refuse_overwriting_inputs(request.out, [request.out / "metrics.json"], {  # checkpoints/ in DATA: a new class
+        "data": request.data, "validation data": request.val, "test data": request.test},
+        scanned=("data", "validation data", "test data"))
     ctx = distributed.context()
     if not ctx.is_main:
         callback, on_stage = None, None

@@ -605,6 +605,9 @@ def run_harmonize(request: HarmonizeRequest,
                           f"({request.harmonizer})")
     if request.measure:
         check_settings(request.settings)
+    # before the folders are read: an --out inside one would be read as part of it (a new class, more images)
+    refuse_overwriting_inputs(request.out, [], {"input": request.input, "reference": request.reference},
+                              scanned=("input", "reference"))
     table = load_table(request.input)
     reference = load_table(request.reference) if request.reference is not None else None
     if reference is not None and len(reference) == 0:

@@ -290,7 +290,7 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     refuse_overwriting_inputs(request.out, [f for f in (checkpoint_file, report_file, metrics_file) if f], {
         "source model's run folder": request.checkpoint if Path(request.checkpoint).is_dir() else None,
         "source checkpoint": source_checkpoint, "source model's metrics.json": source_metrics,
-        "target": request.target})
+        "target": request.target}, scanned=("target",))
     adapted, classes = load_finetuned(request.checkpoint)
     info = finetuned_info(request.checkpoint)
     layers = _require_bn(adapted.model, f"{request.checkpoint} ({adapted.arch})")
