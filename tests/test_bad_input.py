@@ -566,6 +566,23 @@ def test_an_image_size_below_the_minimum_is_one_rule_for_every_command(good, tmp
     assert _files(out) == [], "a refused run left files behind"
 
 
+def test_compare_follows_the_one_image_size_rule(good, tmp_path, monkeypatch):
+    """compare had its own copy of the rule; it now calls shiftkit.data.preprocess.check_image_size, so a change of
+    the minimum is one change (shown here by raising it) and the refusal comes before any run starts."""
+    import importlib
+
+    from shiftkit.data import preprocess
+
+    compare = importlib.import_module("shiftkit.cli.compare")  # the module (shiftkit.cli.compare is also a function)
+    monkeypatch.setattr(preprocess, "MIN_IMAGE_SIZE", 48)
+    monkeypatch.setattr(compare, "run_grid", lambda *a, **k: pytest.fail("a run started before the size check"))
+    out = tmp_path / "out"
+    argv = WITH_OUT["compare"](out, good, tmp_path)
+    argv[argv.index("--image-size") + 1] = "40"
+    assert _error_line(invoke(argv)) == "error: --image-size must be at least 48 (got 40)"
+    assert _files(out) == [], "a refused run left files behind"
+
+
 def test_resampling_to_a_tiny_spacing_is_refused_before_any_image_is_written(good, tmp_path):
     from shiftkit.harmonize.resample import MAX_RESAMPLED_VOXELS
 

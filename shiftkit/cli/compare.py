@@ -30,10 +30,11 @@ from shiftkit.compare.grid import (
 from shiftkit.compare.report import write_compare_report, write_search_report
 from shiftkit.compare.search import Arm, check_budgets, finetune_arms, rung_budgets, successive_halving
 from shiftkit.compare.tables import CompareTable, build_table, format_cell
+from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.finetune.metrics import METRICS
-from shiftkit.finetune.run import MIN_IMAGE_SIZE, VAL_FRACTION
+from shiftkit.finetune.run import VAL_FRACTION
 from shiftkit.finetune.strategies import STRATEGIES
 from shiftkit.finetune.trainer import resolve_device
 from shiftkit.paths import refuse_overwriting_inputs
@@ -94,8 +95,7 @@ def _split_metrics(text: Optional[str]) -> list[str]:
 def _check(settings: CompareSettings, seeds: int) -> None:
     if settings.epochs < 1 or settings.batch_size < 1 or settings.patience < 1 or seeds < 1:
         raise ConfigError("--epochs, --batch-size, --patience and --seeds must be at least 1")
-    if settings.image_size is not None and settings.image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {settings.image_size})")
+    check_image_size(settings.image_size)  # the one rule (shiftkit.data.preprocess) every command uses
     if settings.monitor != "auto" and settings.monitor not in METRICS:
         raise ConfigError(f"unknown --monitor '{settings.monitor}' (choose auto, {', '.join(METRICS)})")
     settings.strategy_config().validate()
