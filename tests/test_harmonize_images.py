@@ -528,6 +528,9 @@ def test_harmonize_reads_images_through_the_checked_opens(tmp_path, monkeypatch)
         with pytest.raises(ImageReadError) as error:
             read_raw(ImageRecord(path, origin="m.csv row 2"))
         assert str(error.value) == f"m.csv row 2: {words} ({path})"
+        with pytest.raises(ImageReadError) as error:  # from a folder, the origin is the path: said once
+            read_raw(ImageRecord(path, origin=str(path)))
+        assert str(error.value) == f"{path}: {words}"
     png = tmp_path / "small.png"
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(png)
     volume = tmp_path / "volume.nii.gz"

@@ -132,7 +132,8 @@ def read_raw(record: ImageRecord) -> RawImage:
     path = Path(record.path)
     problem = path_problem(path)  # a device, pipe, folder or loop is named for what it is, not "not found"
     if problem is not None:
-        raise ImageReadError(f"{record.origin}: {problem} ({path})" if record.origin else f"{path}: {problem}")
+        where = record.origin if record.origin and record.origin != str(path) else None  # a manifest row
+        raise ImageReadError(f"{where}: {problem} ({path})" if where else f"{path}: {problem}")
     name = path.name.lower()
     try:
         if name.endswith(PIL_SUFFIXES):
