@@ -828,6 +828,66 @@ def test_audit_never_writes_its_report_over_the_table_it_reads(tmp_path):
     assert table.read_bytes() == before and sorted(out.iterdir()) == [table]
 
 
+HOSTILE_NAMES = ("Hospital [north]", "Hospital [south]", "$\\frac{a$")  # rich markup, and matplotlib mathtext
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, good) -> Path:
+    """Class folders and file names that are rich markup and mathtext, and a manifest with such sites."""
+    root = tmp_path_factory.mktemp("hostile")
+    for k, (label, kind) in enumerate((("[bold]a $x$", "round"), ("b [/i] $\\frac{a$", "spiky"))):
+        for i in range(5):
+            _png(root / "classes" / label / f"[{i}] 100% {{}}.png", seed=10 * i + k, kind=kind)
+    rows = [(p, p.parent.name, HOSTILE_NAMES[i % 3]) for i, p in enumerate(sorted((root / "classes").rglob("*.png")))]
+    _manifest(root / "sites.csv", rows + [(good.target / f"t{i}.png", rows[i][1], HOSTILE_NAMES[i % 3])
+                                          for i in range(5)], header="path,label,site")
+    return root
+
+
+@pytest.mark.parametrize("command", ["diagnose", "audit", "finetune then adapt-bn", "compare", "demo"])
+def test_markup_and_mathtext_in_user_strings_are_shown_literally_by_every_command(hostile, good, tmp_path,
+                                                                                  monkeypatch, command):
+    """Issue 13, item 2: "[/]" in a label, site or path crashed with MarkupError; "Hospital [north]" printed as
+    "Hospital "; "$\\frac{a$" crashed matplotlib, and audit left audit.json without audit.html."""
+    out = tmp_path / "out [i] $\\frac{a$ [/]"
+    classes = hostile / "classes"
+    if command == "diagnose":
+        argv = ["diagnose", classes, classes, "--out", out, *DIAGNOSE, "--domain", "[/]X-ray"]
+    elif command == "audit":
+        argv = ["audit", hostile / "sites.csv", "--out", out, "--label-column", "label", "--arch", "resnet18",
+                "--weights", "none", "--image-size", "32", "--device", "cpu", "--min-images-per-site", "4",
+                "--permutations", "20", "--ot-permutations", "20", "--bootstrap", "10"]
+    elif command == "compare":
+        argv = WITH_OUT["compare"](out, good, tmp_path)
+    elif command == "demo":  # the pipeline itself is tested in test_demo.py; here its printing, from a saved summary
+        from shiftkit.demo import pipeline
+
+        metrics = {"accuracy": 0.5, "auroc": 0.5, "f1": 0.5}
+        summary = {"found_vs_planted": [{"shift": "label", "planted": "[/]", "found": "$\\frac{a$ [b]"}],
+                   "recommendation": {"ranking": [{"strategy": "ft", "expected_gain": 0.0, "uncertainty": 1.0,
+                                                   "reasons": ["[/]"]}]},
+                   "finetune": {"strategy": "ft", "epochs_run": 1, "val_hospital_a": metrics,
+                                "test_hospital_b": metrics},
+                   "adabn": {"test_hospital_b_before": metrics, "test_hospital_b_after": metrics},
+                   "seconds": 1.0, "outputs": {"diagnose": str(out / "diagnose" / "report.html")}}
+        monkeypatch.setattr(pipeline, "run_demo", lambda request, hooks: summary)
+        argv = ["demo", "--out", out, "--epochs", "1", "--device", "cpu"]
+    else:
+        argv = ["finetune", classes, "--out", out, *FINETUNE]
+    result = invoke(argv)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    flat = "".join(result.output.split())
+    assert "".join(str(out).split()) in flat, result.output
+    if command == "audit":
+        assert "[north]" in result.output and "[south]" in result.output, result.output  # were "Hospital "
+        assert (out / "audit.html").is_file() and "Hospital [north]" in (out / "audit.html").read_text()
+    if command == "diagnose":
+        assert (out / "report.html").is_file() and "[bold]a $x$" in (out / "report.html").read_text()
+    if command.startswith("finetune"):
+        adapted = invoke(["adapt-bn", out, classes, "--out", tmp_path / "adapted [/]", "--device", "cpu"])
+        assert adapted.exit_code == 0 and "adapted[/]" in "".join(adapted.output.split()), adapted.output
+
+
 if __name__ == "__main__":  # the table for the report: every bad input, per command, message and exit code
     import tempfile
 

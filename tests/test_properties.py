@@ -240,3 +240,181 @@ def test_multilabel_metrics_agree_with_scikit_learn(data):
     assert metrics["auroc"] == pytest.approx(roc_auc_score(truth, scores, average="macro"))
     assert metrics["accuracy"] == pytest.approx(float(np.mean(truth == predicted)))
     assert metrics["f1"] == pytest.approx(f1_score(truth, predicted, average="macro", zero_division=0))
+
+
+# -- user text reaches the terminal, the HTML and the plots literally (issue 13, item 2) ----------------------------
+# rich reads "[...]" as markup ("[/]" crashed, "Hospital [north]" printed as "Hospital "); matplotlib read "$...$" as
+# mathtext ("$\frac{a$" crashed, and audit then left audit.json without audit.html).
+
+import html as _html  # noqa: E402
+import json as _json  # noqa: E402
+import types  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+HOSTILE = ["[/]", "Hospital [north]", "[bold red]x", "$\\frac{a$", "100% {x}", "a\x07b\x1b[31m", "{}", "$x$ [i]"]
+USER_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                    max_size=10).filter(lambda s: s.strip()) | st.sampled_from(HOSTILE)
+# names the file system and the CSV/table readers keep as they are (no path separators, no surrounding blanks)
+FILE_NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="/\\~"),
+                    min_size=1, max_size=10).filter(lambda s: s not in (".", "..")) | st.sampled_from(
+    ["[bold]", "[north]", "$\\frac{a$", "100%", "{}", "a[b]c", "[link=x]"])
+UI = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW_UI = settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _names(n: int):
+    return st.lists(USER_TEXT, min_size=n, max_size=n, unique_by=lambda s: s.strip())
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=10_000, color_system=None, force_terminal=False), buffer
+
+
+def _shown(text: str, output: str) -> None:
+    """Printable user text appears as typed (rich drops control characters, so those are not checked)."""
+    if text.isprintable():  # compared without blanks: rich wraps long lines and titles
+        assert "".join(text.split()) in "".join(output.split()), (text, output)
+
+
+@UI
+@given(classes=_names(3), reason=USER_TEXT)
+def test_diagnose_summary_html_and_plots_show_class_names_literally(classes, reason):
+    from shiftkit.report import plots
+    from shiftkit.report.diagnose import _html as diagnose_html
+    from shiftkit.report.diagnose import print_summary
+
+    classes = [c.strip() for c in classes]
+    prior = {c: 1 / 3 for c in classes}
+    test = types.SimpleNamespace(statistic=0.1, p_value=0.5, n_source=10, n_target=12, details={})
+    label = types.SimpleNamespace(classes=tuple(classes), source_prior=prior, target_prior=prior,
+                                  ci={c: (0.1, 0.5) for c in classes}, method="em_bcts", p_value=0.2,
+                                  weights={c: 1.0 for c in classes})
+    verdict = {k: types.SimpleNamespace(level="mild", reason=f"{reason} in {classes[0]}")
+               for k in ("covariate", "label", "concept")}
+    profile = types.SimpleNamespace(covariate={"mmd": test}, label=label, true_target_prior=prior, verdict=verdict,
+                                    concept=None, metadata=[], settings={"source": classes[0], "target": classes[1]},
+                                    dataset=types.SimpleNamespace(n_source=10, n_target=12, classes=classes,
+                                                                  target_labelled=0))
+    console, buffer = _console()
+    print_summary(profile, console)
+    for c in classes:
+        _shown(c, buffer.getvalue())
+    _shown(f"{reason} in {classes[0]}", buffer.getvalue())
+    png = plots.prior_bars(classes, prior, prior, label.ci, prior)
+    page = diagnose_html(profile, {"embedding": png, "priors": png})
+    assert _html.escape(f"{reason} in {classes[0]}".strip()) in page or not reason.isprintable()
+    assert "<script" not in page.replace(_html.escape("<script"), "")
+
+
+@UI
+@given(sites=_names(3), reason=USER_TEXT)
+def test_recommendation_table_shows_arch_domain_and_reasons_literally(sites, reason):
+    from shiftkit.cli.recommend import print_recommendation
+
+    recommendation = {"arch": sites[0], "ranking": [{"strategy": "ft", "expected_gain": 1.0, "uncertainty": 0.5,
+                                                     "reasons": [reason, f"domain {sites[1]}"]}],
+                      "notes": [f"{sites[2]} is not in the paper"]}
+    console, buffer = _console()
+    print_recommendation(recommendation, console)
+    for text in (sites[0], reason, f"domain {sites[1]}", f"{sites[2]} is not in the paper"):
+        _shown(text, buffer.getvalue())
+
+
+@UI
+@given(sites=_names(3), classes=_names(2))
+def test_audit_summary_html_and_plots_show_site_and_class_names_literally(sites, classes):
+    from shiftkit.audit.matrix import shift_matrix
+    from shiftkit.audit.report import heatmap_png, print_image_summary, priors_png, site_scatter_png
+
+    sites, classes = [s.strip() for s in sites], [c.strip() for c in classes]
+    rng = np.random.default_rng(0)
+    per_site = np.repeat(sites, 8)
+    matrix = shift_matrix(rng.normal(size=(len(per_site), 3)), list(per_site), pca=0, permutations=20,
+                          ot_permutations=20, ot_projections=10, seed=0)
+    labels = {"classes": classes, "sites": {s: {"prior": {c: 0.5 for c in classes},
+                                                "estimated": {"prior": {c: 0.5 for c in classes}}} for s in sites},
+              "pairs": [{"a": sites[0], "b": sites[1], "tv_actual": 0.2}]}
+    audit = types.SimpleNamespace(matrix=matrix, harmonized=None, labels=labels,
+                                  settings={"seconds": {"embed": 1.0, "matrix": 1.0, "total": 2.0}})
+    console, buffer = _console()
+    print_image_summary(audit, console)
+    for s in sites:
+        _shown(s, buffer.getvalue())
+    assert heatmap_png([("MMD", matrix.grid("mmd", "statistic"), None)], sites)[:4] == b"\x89PNG"
+    assert site_scatter_png([("PCA", rng.normal(size=(len(per_site), 2)))], per_site)[:4] == b"\x89PNG"
+    assert priors_png(labels)[:4] == b"\x89PNG"
+
+
+def _invoke(argv: list) -> object:
+    result = CliRunner().invoke(app_cli(), [str(a) for a in argv])
+    assert result.exit_code == 0, (argv, result.output)
+    assert "Traceback" not in result.output
+    return result
+
+
+def app_cli():
+    from shiftkit.cli import app
+
+    return app
+
+
+def _feature_table(path: Path, sites: list[str], features: list[str], per_site: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [[site, *(f"{v:.4f}" for v in rng.normal(size=len(features)) + k)] for k, site in enumerate(sites)
+            for _ in range(per_site)]
+    path.write_text(_csv(["site", *features], rows), encoding="utf-8")
+    return path
+
+
+CSV_TEXT = USER_TEXT.filter(lambda s: s == s.strip() and s.isprintable() and s.lower() not in ("site", "nan"))
+
+
+@SLOW_UI
+@given(sites=st.lists(CSV_TEXT, min_size=3, max_size=3, unique=True),
+       features=st.lists(CSV_TEXT.filter(lambda s: not s.isdigit()), min_size=2, max_size=2, unique=True))
+def test_combat_and_the_features_audit_show_sites_and_feature_names_literally(tmp_path_factory, sites, features):
+    assume(not set(sites) & set(features) and not {"f0", "f1"} & set(features))
+    folder = tmp_path_factory.mktemp("features")
+    table = _feature_table(folder / "f.csv", sites, [*features, "f0", "f1"])  # two plain ones: EB needs two
+    result = _invoke(["combat", table, "--out", folder / "h.csv"])
+    for site in sites:
+        _shown(site, result.output)
+    _invoke(["audit", table, "--features-table", "--out", folder / "audit", "--no-combat"])
+    page = (folder / "audit" / "audit.html").read_text()
+    for site in sites:
+        assert _html.escape(site) in page
+
+
+@SLOW_UI
+@given(domain=USER_TEXT.filter(lambda s: s.isprintable()), arch=USER_TEXT.filter(lambda s: s.isprintable()))
+def test_recommend_shows_domain_and_arch_literally(tmp_path_factory, domain, arch):
+    report = tmp_path_factory.mktemp("report") / "report.json"
+    report.write_text(_json.dumps({"dataset": {"n_source": 200, "n_target": 100, "classes": ["a", "b"],
+                                               "class_counts": {"a": 100, "b": 100}},
+                                   "covariate": {}, "verdict": {}, "settings": {"arch": "resnet50"}}))
+    result = CliRunner().invoke(app_cli(), ["recommend", str(report), "--domain", domain, "--arch", arch])
+    assert "Traceback" not in result.output and result.exit_code in (0, 2), result.output
+    if result.exit_code == 0:
+        _shown(arch, result.output)
+
+
+@SLOW_UI
+@given(names=st.lists(FILE_NAME, min_size=4, max_size=4, unique_by=str.lower))
+def test_harmonize_shows_file_names_literally_in_the_terminal_and_the_report(tmp_path_factory, names):
+    from PIL import Image
+
+    from shiftkit.data.synthetic import make_image
+
+    folder = tmp_path_factory.mktemp("names")
+    for i, name in enumerate(names):
+        for domain in ("[ref]$", "in[bold]"):
+            (folder / domain).mkdir(exist_ok=True)
+            Image.fromarray(make_image("round", 32, np.random.default_rng(i))).save(folder / domain / f"{name}.png")
+    out = folder / "out [i] $\\frac{a$"
+    result = _invoke(["harmonize", folder / "in[bold]", "--method", "zscore", "--reference", folder / "[ref]$",
+                      "--no-measure", "--out", out])
+    _shown(str(out / "report.html"), result.output)
+    assert (out / "report.html").is_file()

@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.audit.features_table import FeaturesAudit
@@ -293,7 +294,7 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
         table.add_column("shifted")
         for c in matrix.pairs:
             t = c.tests
-            table.add_row(f"{c.a}\n{c.b}", f"{t['mmd'].statistic:.4f}", f"{c.p_adjusted['mmd']:.1g}",
+            table.add_row(escape(f"{c.a}\n{c.b}"), f"{t['mmd'].statistic:.4f}", f"{c.p_adjusted['mmd']:.1g}",
                           f"{c.pad:.3f}", f"{c.p_adjusted['domain_classifier']:.1g}", f"{t['ot'].statistic:.3f}",
                           f"{c.p_adjusted['ot']:.1g}", "[bold red]yes[/]" if c.shifted else "[green]no[/]")
         console.print(table)
@@ -301,16 +302,16 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
     for column in ("rank", "site", "n", "leave-one-out PAD", "mean pairwise PAD", "shifted pairs"):
         ranking.add_column(column)
     for r in m.ranking:
-        ranking.add_row(str(r["rank"]), r["site"], str(m.counts[r["site"]]),
+        ranking.add_row(str(r["rank"]), escape(r["site"]), str(m.counts[r["site"]]),
                         "—" if r["loo_pad"] is None else f"{r['loo_pad']:.3f}", f"{r['mean_pair_pad']:.3f}",
                         str(r["shifted_pairs"]))
     console.print(ranking)
-    console.print(outlier_sentence(m))
+    console.print(outlier_sentence(m), markup=False)  # site names are user text: never rich markup
     labels = audit.labels
     if labels and "pairs" in labels:
         worst = max(labels["pairs"], key=lambda p: p.get("tv_actual", p.get("tv_estimated", 0)) or 0)
         tv = worst.get("tv_actual", worst.get("tv_estimated"))
-        console.print(f"Largest label shift: {worst['a']} vs {worst['b']}, total variation {tv:.3f}.")
+        console.print(f"Largest label shift: {worst['a']} vs {worst['b']}, total variation {tv:.3f}.", markup=False)
     seconds = audit.settings["seconds"]
     console.print(f"embedding {seconds['embed']:.1f} s, matrix {seconds['matrix']:.1f} s, total {seconds['total']:.1f} s")
 

@@ -67,4 +67,4 @@ def adapt_bn(
         result = run_adapt_bn(request, on_stage=on_stage)
     console.print(_table(result))
     report = Path(result.checkpoint_file).with_suffix(".json") if out.suffix == ".pt" else out / "adaptation.json"
-    console.print(f"wrote {result.checkpoint_file} and {report}")
+    console.print(f"wrote {result.checkpoint_file} and {report}", markup=False)

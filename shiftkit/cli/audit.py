@@ -65,7 +65,7 @@ def audit(
         result = run_features_audit(request)
         write_features_report(result, out)
         print_features_summary(result, console)
-        console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
+        console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}", markup=False)
         return
 
     from shiftkit.audit.images import AuditRequest, run_audit
@@ -88,4 +88,4 @@ def audit(
         result = run_audit(request, on_stage=stages.stage, on_step=stages.step)
     write_image_report(result, out)
     print_image_summary(result, console)
-    console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
+    console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}", markup=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, user_errors
@@ -39,11 +40,11 @@ def combat(
         warnings.simplefilter("ignore", LeakageWarning)  # shown below as one line each, not as Python warnings
         result = run_combat(request)
     for message in result.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
     summary = out.with_name(f"{out.stem}.summary.json")
     write_json(summary, result.to_dict())
     table = Table(title=f"ComBat: {len(result.features)} features, {len(result.sites)} sites "
-                  f"({', '.join(f'{s}: {n}' for s, n in result.sites.items())})")
+                  + escape(f"({', '.join(f'{s}: {n}' for s, n in result.sites.items())})"))
     table.add_column("site effect (mean over features)")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -52,6 +53,6 @@ def combat(
     console.print(table)
     if result.passthrough:
         shown = ", ".join(result.passthrough[:8]) + (", ..." if len(result.passthrough) > 8 else "")
-        console.print(f"left unchanged: {shown}", highlight=False)
+        console.print(f"left unchanged: {shown}", highlight=False, markup=False)
     written = [str(out), str(summary)] + ([str(result.model_path)] if result.model_path else [])
-    console.print(f"wrote {', '.join(written)}", highlight=False)
+    console.print(f"wrote {', '.join(written)}", highlight=False, markup=False)

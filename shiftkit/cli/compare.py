@@ -161,7 +161,7 @@ def _grid(settings, plan, out, shard, report_only, metrics, archs, strategies, s
             outcome = run_grid(plan, settings, out, shard,
                                run=lambda spec, s, folder: finetune_run(spec, s, folder, callback=bar, on_stage=bar),
                                on_start=on_start, on_done=on_done)
-        err_console.print(f"ran {len(outcome.ran)} runs, {len(outcome.skipped)} already recorded in {out}")
+        err_console.print(f"ran {len(outcome.ran)} runs, {len(outcome.skipped)} already recorded in {out}", markup=False)
         if outcome.missing and shard is not None:
             err_console.print(f"shard {shard[0]}/{shard[1]} is done; {len(outcome.missing)} runs of the grid belong "
                               "to other shards and are not recorded yet: when all shards finish, rerun with "
@@ -178,7 +178,7 @@ def _grid(settings, plan, out, shard, report_only, metrics, archs, strategies, s
     console.print(_rich_table(table))
     for arch in table.archs:
         console.print(f"{arch}: best {table.split} {table.main_metric}: [bold]{table.winner(arch)}[/]")
-    console.print(f"wrote {out / 'compare.md'}, compare.json, compare.html and plots/")
+    console.print(f"wrote {out / 'compare.md'}, compare.json, compare.html and plots/", markup=False)
 
 
 def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, search_seed: int) -> dict:
@@ -265,9 +265,9 @@ def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets,
                           f"{comparison['grid_epochs_search_seed']} epochs for the search's seed)")
         else:
             console.print(f"  no grid in {out} to check against; {100 * comparison['cost_fraction_of_upper_bound']:.0f} "
-                          f"% of the full grid's at most {comparison['grid_epochs_upper_bound']} epochs")
+                          f"% of the full grid's at most {comparison['grid_epochs_upper_bound']} epochs", markup=False)
     write_search_report(out, report)
-    console.print(f"wrote {out / 'search.json'}")
+    console.print(f"wrote {out / 'search.json'}", markup=False)
 
 
 @user_errors

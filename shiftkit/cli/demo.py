@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, user_errors
@@ -18,7 +19,7 @@ def _found_table(summary: dict) -> Table:
     table.add_column("planted")
     table.add_column("found by diagnose")
     for row in summary["found_vs_planted"]:
-        table.add_row(row["shift"], row["planted"], row["found"])
+        table.add_row(escape(row["shift"]), escape(row["planted"]), escape(row["found"]))
     return table
 
 
@@ -28,7 +29,7 @@ def _recommendation_table(summary: dict, top: int = 3) -> Table:
         table.add_column(column)
     for rank, advice in enumerate(summary["recommendation"]["ranking"][:top], start=1):
         gain = f"{advice['expected_gain']:+.1f} % ± {advice['uncertainty']:.1f}"
-        table.add_row(str(rank), advice["strategy"], gain, "; ".join(advice["reasons"][:2]))
+        table.add_row(str(rank), escape(advice["strategy"]), gain, escape("; ".join(advice["reasons"][:2])))
     return table
 
 
@@ -80,4 +81,5 @@ def demo(
     verdict = "helped" if change > 0.01 else "hurt" if change < -0.01 else "did not change"
     console.print(f"AdaBN {verdict} on hospital B (macro accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}): "
                   "BN adaptation is not a guaranteed fix; check it on a few labelled target images before deploying.")
-    console.print(f"done in {summary['seconds']:.0f} s; see {summary['outputs']['diagnose']} and {out / 'demo.json'}")
+    console.print(f"done in {summary['seconds']:.0f} s; see {summary['outputs']['diagnose']} and {out / 'demo.json'}",
+                  markup=False)

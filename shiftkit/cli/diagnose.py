@@ -63,4 +63,4 @@ def diagnose(
     from shiftkit.cli.recommend import print_recommendation
 
     print_recommendation(report["recommendation"], console, top=3)
-    console.print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    console.print(f"wrote {out / 'report.json'} and {out / 'report.html'}", markup=False)

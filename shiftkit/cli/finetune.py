@@ -99,7 +99,7 @@ def finetune(
             raise ConfigError("--demo generates its own data; leave out DATA")
         if ctx.is_main:
             data = write_dataset(out / "data")
-            err_console.print(f"demo: generated a 3-class phantom set in {data}")
+            err_console.print(f"demo: generated a 3-class phantom set in {data}", markup=False)
         distributed.barrier(ctx)
         data = out / "data"
     elif data is None:
@@ -136,4 +136,4 @@ def finetune(
     distributed.shutdown(ctx)
     warn_skipped(result["skipped_images"], "metrics.json")
     console.print(_results_table(result))
-    console.print(f"wrote {out / 'metrics.json'}")
+    console.print(f"wrote {out / 'metrics.json'}", markup=False)

@@ -144,7 +144,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def print_shift(report: dict) -> None:
     shift = report.get("shift")
     if not shift:
-        console.print(f"shift not measured: {report.get('shift_not_measured')}")
+        console.print(f"shift not measured: {report.get('shift_not_measured')}", markup=False)
         return
     table = Table(title=f"shift to the reference, {report['method']} ({report['kind']})")
     for column in ("", "MMD²", "MMD p-value", "domain AUC", "domain p-value"):
@@ -205,4 +205,4 @@ def harmonize(
         html = write_html(report, out, seed)
     print_shift(report)
     console.print(f"wrote {report['n_images']} images, {out / 'manifest.csv'}, {report['harmonizer']}, "
-                  f"{out / 'harmonize.json'} and {html}")
+                  f"{out / 'harmonize.json'} and {html}", markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -28,7 +29,7 @@ class EpochProgress:
 
     # data warming
     def __call__(self, description: str, total: int) -> None:
-        self.task = self.progress.add_task(description, total=total, status="")
+        self.task = self.progress.add_task(escape(description), total=total, status="")
 
     def advance(self) -> None:
         self.progress.advance(self.task)
@@ -64,12 +65,12 @@ class StageProgress:
         self._step = None
 
     def stage(self, description: str, total: int):
-        task = self.progress.add_task(description, total=total or None, status="")
+        task = self.progress.add_task(escape(description), total=total or None, status="")  # may name a site
         return lambda: self.progress.advance(task)
 
     def step(self, description: str) -> None:
         self.end_step()
-        self._step = self.progress.add_task(description, total=None, status="")
+        self._step = self.progress.add_task(escape(description), total=None, status="")
 
     def end_step(self) -> None:
         if self._step is not None:

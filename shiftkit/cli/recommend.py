@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.cli.common import console, user_errors
@@ -17,7 +18,7 @@ from shiftkit.errors import ConfigError, DataError
 
 def recommendation_table(recommendation: dict, top: int | None = None, reasons: bool = True) -> Table:
     """A rich table of a ``Recommendation.to_dict()``: rank, strategy, expected gain ± uncertainty, reasons."""
-    table = Table(title=f"Recommended fine-tuning strategies for {recommendation['arch']} "
+    table = Table(title=f"Recommended fine-tuning strategies for {escape(str(recommendation['arch']))} "
                         "(relative gain over ft, % of the main metric)", show_lines=reasons)
     table.add_column("#", justify="right")
     table.add_column("strategy")
@@ -25,9 +26,10 @@ def recommendation_table(recommendation: dict, top: int | None = None, reasons: 
     if reasons:
         table.add_column("reasons")
     for rank, advice in enumerate(recommendation["ranking"][:top] if top else recommendation["ranking"], start=1):
-        row = [str(rank), advice["strategy"], f"{advice['expected_gain']:+.1f} ± {advice['uncertainty']:.1f} %"]
-        if reasons:
-            row.append("\n".join(f"• {r}" for r in advice["reasons"]))
+        row = [str(rank), escape(advice["strategy"]),
+               f"{advice['expected_gain']:+.1f} ± {advice['uncertainty']:.1f} %"]
+        if reasons:  # reasons quote user text (--domain, --arch): escaped, never rich markup
+            row.append(escape("\n".join(f"• {r}" for r in advice["reasons"])))
         table.add_row(*row)
     return table
 
@@ -36,7 +38,7 @@ def print_recommendation(recommendation: dict, out: Console, top: int | None = N
     """The table, then the notes (architecture proxy, shift notes) one per line."""
     out.print(recommendation_table(recommendation, top, reasons))
     for note in recommendation["notes"]:
-        out.print(f"[dim]note:[/] {note}", highlight=False)
+        out.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
 
 def _read_report(path: Path) -> dict:

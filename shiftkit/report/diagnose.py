@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html as html_text
 from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.io import json_text, write_files
@@ -21,7 +23,7 @@ TEST_NAMES = {
     "ot": "sliced Wasserstein (permutation)",
     "bbsd": "BBSD: KS per output (Bonferroni)",
 }
-STYLE = {"none": "green", "mild": "yellow", "strong": "bold red", "not measured": "dim"}
+STYLE = {"none": "green", "mild": "yellow", "strong": "bold red", "undecided": "magenta", "not measured": "dim"}
 
 
 def _plots(profile: ShiftProfile, data: Embedded) -> dict[str, bytes]:
@@ -45,7 +47,7 @@ def _html(profile: ShiftProfile, figures: dict[str, bytes], skipped: list[dict] 
     page.heading("Verdict")
     for name, verdict in profile.verdict.items():
         page.parts.append(f'<p><b>{name} shift</b>: <span class="verdict-{verdict.level.split()[0]}">'
-                          f"{verdict.level}</span> — {verdict.reason}</p>")
+                          f"{html_text.escape(verdict.level)}</span> — {html_text.escape(verdict.reason)}</p>")
     d = profile.dataset
     page.paragraph(f"{d.n_source} source and {d.n_target} target images; classes: {', '.join(d.classes) or 'none'}"
                    f"; {d.target_labelled} target images labelled.", "note")
@@ -152,10 +154,10 @@ def print_summary(profile: ShiftProfile, console: Console) -> None:
             priors.add_column(column, justify="left" if column == "class" else "right")
         true = profile.true_target_prior or {}
         for c in label.classes:
-            priors.add_row(c, f"{label.source_prior[c]:.3f}", f"{label.target_prior[c]:.3f}",
+            priors.add_row(escape(c), f"{label.source_prior[c]:.3f}", f"{label.target_prior[c]:.3f}",
                            f"{label.ci[c][0]:.3f}–{label.ci[c][1]:.3f}",
                            f"{true[c]:.3f}" if c in true else "—")
         console.print(priors)
     for name, verdict in profile.verdict.items():
-        console.print(f"[bold]{name} shift:[/] [{STYLE.get(verdict.level, '')}]{verdict.level}[/] — {verdict.reason}",
-                      highlight=False)
+        console.print(f"[bold]{name} shift:[/] [{STYLE.get(verdict.level, '')}]{escape(verdict.level)}[/] — "
+                      f"{escape(verdict.reason)}", highlight=False)

@@ -8,14 +8,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
 import numpy as np  # noqa: E402
 
 
 def figure_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (for self-contained HTML pages); the figure is closed."""
+    """A matplotlib figure as PNG bytes (for self-contained HTML pages); the figure is closed.
+
+    Every text is drawn literally: labels, sites, file and feature names are user text, and matplotlib would read
+    ``$...$`` in them as mathtext (``$\\frac{a$`` raised, and ``$x$`` came out in italics)."""
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # ticks made while drawing
+            fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return buffer.getvalue()
 
 
