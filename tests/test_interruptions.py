@@ -314,6 +314,9 @@ def test_finetune_keeps_a_finished_run_unless_told_to_resume_or_overwrite(phanto
     assert f"--out {out} holds a finished run (metrics.json); add --resume to continue it, --overwrite to " \
            "replace it, or use another --out" in line, line
     assert {p: p.read_bytes() for p in kept} == kept, "the refused run changed the finished one"
+    for mistake in (["--lp-solver", "sgd"], ["--test", str(tmp_path / "missing.csv")]):  # caught before replacing
+        _one_error_line(runner.invoke(app, [*argv, "--overwrite", *mistake]))
+        assert {p: p.read_bytes() for p in kept} == kept, f"--overwrite {mistake} lost the finished run"
     again = runner.invoke(app, [*argv, "--overwrite", "--seed", "1"])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "metrics.json").read_text())["seed"] == 1

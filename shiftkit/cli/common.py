@@ -7,7 +7,6 @@ import contextvars
 import functools
 import math
 import re
-import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -112,7 +111,8 @@ def output_folder(out: Path, *, file: bool = False, lock: bool = True, lock_name
 
 def previous_run(out: Path, resume: bool, overwrite: bool) -> None:
     """A finished or interrupted finetune run in ``out`` is kept unless the user says what to do with it:
-    ``--resume`` continues it, ``--overwrite`` replaces it (its metrics.json and checkpoints/ are removed now)."""
+    ``--resume`` continues it, ``--overwrite`` replaces it (``run_finetune`` removes its metrics.json and
+    checkpoints/ only once the new run's options and images have been checked, so a mistake loses nothing)."""
     found = [p for p in (out / "metrics.json", out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt")
              if p.exists()]
     if not found or resume:
@@ -121,8 +121,6 @@ def previous_run(out: Path, resume: bool, overwrite: bool) -> None:
         kind = "a finished run" if (out / "metrics.json").exists() else "an interrupted run"
         raise ConfigError(f"--out {out} holds {kind} ({found[0].relative_to(out)}); add --resume to continue it, "
                           "--overwrite to replace it, or use another --out")
-    (out / "metrics.json").unlink(missing_ok=True)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
 def check_number(value: float | None, option: str, *, minimum: float | None = None, maximum: float | None = None,

@@ -116,6 +116,7 @@ def finetune(
         resume=resume,
         on_bad_image=on_bad_image,
         anonymize_paths=anonymize_paths,
+        overwrite=overwrite,
         read_options=read_options,
         train=TrainConfig(
             strategy=strategy, lr=_given(lr, defaults["lr"]), epochs=_given(epochs, defaults["epochs"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class FinetuneRequest:
     resume: bool = False
     on_bad_image: str = "fail"  # or "skip": unreadable images leave the run and are listed in metrics.json
     anonymize_paths: bool = False  # input paths in metrics.json and checkpoints become stable hashes
+    overwrite: bool = False  # replace a previous run in ``out`` (removed once the inputs have been checked)
     read_options: ReadOptions = field(default_factory=ReadOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -137,6 +139,9 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         require_images_left(tables[name], bad, name, all_classes=name == "train")
         skipped += bad
     datasets = {name: ImageDataset(table, cache) for name, table in tables.items() if table is not None}
+    if request.overwrite and not request.resume and ctx.is_main:  # the inputs are good: now replace the old run
+        (request.out / "metrics.json").unlink(missing_ok=True)
+        shutil.rmtree(request.out / "checkpoints", ignore_errors=True)
     task = train_table.task
     trainer = Trainer(
         adapted, strategy, task, datasets["train"], datasets["val"], cfg,
