@@ -142,7 +142,7 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
     return value
 
 
-MAX_LEARNING_RATE = 10.0  # Adam's step is about lr per parameter: above this nothing trains, weights turn NaN
+from shiftkit.finetune.run import MAX_LEARNING_RATE  # noqa: E402  (one rule for every command's --lr)
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:

@@ -87,7 +87,7 @@ def _split(request: FinetuneRequest) -> tuple[ImageTable, ImageTable, ImageTable
     return train, val, test
 
 
-MAX_LR = 10.0  # far above any learning rate that trains a network with Adam; larger values are typing mistakes
+MAX_LEARNING_RATE = 10.0  # Adam's step is about lr per parameter: above this nothing trains, weights turn NaN
 from shiftkit.data.preprocess import MIN_IMAGE_SIZE  # noqa: E402  one rule for every command
 
 
@@ -95,8 +95,8 @@ def _check_options(request: FinetuneRequest) -> None:
     cfg = request.train
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1:
         raise ConfigError("--epochs, --batch-size and --patience must be at least 1")
-    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LR):
-        raise ConfigError(f"--lr must be a finite number above 0 and at most {MAX_LR:g} (got {cfg.lr})")
+    if not (math.isfinite(cfg.lr) and 0 < cfg.lr <= MAX_LEARNING_RATE):
+        raise ConfigError(f"--lr must be a finite number above 0 and at most {MAX_LEARNING_RATE:g} (got {cfg.lr})")
     cfg.validate()
     if request.image_size is not None and request.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {request.image_size})")
