@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from shiftkit.finetune.run import MAX_LEARNING_RATE  # one rule for every command's --lr
 from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.io import LOCK_NAME, output_lock
 
@@ -142,7 +143,6 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
     return value
 
 
-from shiftkit.finetune.run import MAX_LEARNING_RATE  # noqa: E402  (one rule for every command's --lr)
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
