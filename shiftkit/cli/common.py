@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shiftkit.finetune.run import MAX_LEARNING_RATE  # one rule for every command's --lr
 from shiftkit.errors import ConfigError, ShiftkitError
+from shiftkit.finetune.run import MAX_LEARNING_RATE  # one rule for every command's --lr
 from shiftkit.io import LOCK_NAME, output_lock
 
 console = Console()
