@@ -10,7 +10,7 @@ import typer
 from shiftkit.cli.common import check_number, console, err_console, output_folder, parse_window, user_errors
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 
 
 @user_errors

@@ -37,7 +37,7 @@ from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import VAL_FRACTION
 from shiftkit.finetune.strategies import STRATEGIES
 from shiftkit.finetune.trainer import resolve_device
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 
 
 class GridProgress:

@@ -10,7 +10,7 @@ import typer
 from shiftkit.cli.common import console, err_console, output_folder, parse_window, user_errors, warn_skipped
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 from shiftkit.shift.diagnose import COVARIATE_TESTS, DiagnoseRequest, run_diagnose
 
 

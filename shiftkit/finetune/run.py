@@ -28,7 +28,7 @@ from shiftkit.finetune.trainer import (
     Trainer, TrainConfig, TrainerCallback, config_dict, resolve_device, resolve_precision,
 )
 from shiftkit.io import write_json
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 from shiftkit.models.registry import build_model
 from shiftkit.data.fingerprint import table_fingerprint
 from shiftkit.privacy import shown_path

@@ -50,7 +50,7 @@ from shiftkit.harmonize.intensity import (
 )
 from shiftkit.harmonize.resample import Resampler, check_resampled_size
 from shiftkit.io import atomic_write, write_json, write_text
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 
 METHODS = ("resample", "histmatch", "nyul", "zscore", "colour")
 COLOUR_METHODS = ("reinhard", "macenko")

@@ -274,7 +274,7 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     from shiftkit.data.dataset import ImageDataset, collate
     from shiftkit.data.table import load_table
     from shiftkit.features import _finetuned_files, finetuned_info, load_finetuned
-    from shiftkit.paths import refuse_overwriting_inputs
+    from shiftkit.overwrite import refuse_overwriting_inputs
     from shiftkit.finetune.trainer import resolve_device
     from shiftkit.io import save_torch, write_json
 

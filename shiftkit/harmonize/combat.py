@@ -50,7 +50,7 @@ import numpy as np
 
 from shiftkit.errors import ConfigError, DataError, ModelError
 from shiftkit.io import atomic_write, write_json
-from shiftkit.paths import refuse_overwriting_inputs
+from shiftkit.overwrite import refuse_overwriting_inputs
 
 LEAKAGE_THRESHOLD = 0.5
 CONVERGENCE = 1e-4  # relative change that stops the parametric EB iteration (neuroCombat's it_sol)
