@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import average_precision_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from shiftkit.data.table import read_manifest
+from shiftkit.data.table import _as_number, read_manifest
 from shiftkit.errors import DataError
 from shiftkit.finetune.metrics import compute_metrics
 
@@ -28,7 +28,8 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 # -- manifests ---------------------------------------------------------------------------------------------------
 
-ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # any character UTF-8 can carry
+# any character UTF-8 can carry, but NUL: a manifest holding one is refused as not a text file (test_bad_input)
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
 LABEL = ANY_TEXT.filter(lambda s: "|" not in s and s.strip())
 LABEL_FIELD = st.lists(LABEL, min_size=1, max_size=3).map(lambda parts: "|".join(parts)) | LABEL.map(
     lambda s: f"  {s} ")
@@ -74,6 +75,12 @@ def test_manifest_round_trip(manifest_dir, rows, order, padded_header):
         body.append([fields[column] for column in order])
         expected.append(((folder / relative).resolve(), _expected_labels(label), site.strip() or None,
                          tuple(spacing)))
+    # labels that are one number written two ways ('0', '00') are refused by design (test_bad_input)
+    numbers = {}
+    for _, labels, _, _ in expected:
+        for label in labels:
+            value = _as_number(label)
+            assume(value is None or numbers.setdefault(value, label) == label)
     header = [f" {c} " if padded_header else c for c in order]
     manifest = folder / "manifest.csv"
     manifest.write_text(_csv(header, body), encoding="utf-8")

@@ -9,7 +9,8 @@ Every problem is one :class:`DataError` line naming the file (and the line when 
   refused, naming the separator it uses (spreadsheets in many locales write ``;`` and decimal commas);
 - quoting errors are reported with their line.
 
-Rows that are entirely blank are dropped; each row keeps the line number a spreadsheet shows (the header is line 1).
+Rows that are entirely blank are dropped; each row keeps the row number a spreadsheet shows (the header is row 1;
+blank rows count, a quoted cell spanning several lines does not).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ OTHER_DELIMITERS = {";": "semicolons (';')", "\t": "tabs", "|": "vertical bars (
 
 @dataclass(frozen=True)
 class CsvTable:
-    """A CSV read as strings: stripped ``header``, ``rows`` (lists of cells, as written) and the line ``numbers``
+    """A CSV read as strings: stripped ``header``, ``rows`` (lists of cells, as written) and the row ``numbers``
     of the rows (for error messages)."""
 
     path: Path
@@ -98,15 +99,15 @@ def read_csv(path: str | Path, what: str = "table", *, strict: bool = False) -> 
     header: list[str] = []
     rows: list[list[str]] = []
     numbers: list[int] = []
-    try:
-        for row in reader:
+    try:  # row numbers as a spreadsheet shows them: blank rows count, a quoted cell spanning lines does not
+        for number, row in enumerate(reader, start=1):
             if not header:
                 if any(cell.strip() for cell in row):
                     header = [cell.strip() for cell in row]
                 continue
             if any(cell.strip() for cell in row):
                 rows.append(row)
-                numbers.append(reader.line_num)
+                numbers.append(number)
     except csv.Error as exc:
         raise DataError(f"{path} line {reader.line_num}: not a valid CSV file ({exc})") from None
     if len(header) == 1:
