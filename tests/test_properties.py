@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import average_precision_score, cohen_kappa_score, f1_score, roc_auc_score
 
-from shiftkit.data.table import _as_number, read_manifest
+from shiftkit.data.table import finite_number, read_manifest
 from shiftkit.errors import DataError
 from shiftkit.finetune.metrics import compute_metrics
 
@@ -79,7 +79,7 @@ def test_manifest_round_trip(manifest_dir, rows, order, padded_header):
     numbers = {}
     for _, labels, _, _ in expected:
         for label in labels:
-            value = _as_number(label)
+            value = finite_number(label)
             assume(value is None or numbers.setdefault(value, label) == label)
     header = [f" {c} " if padded_header else c for c in order]
     manifest = folder / "manifest.csv"

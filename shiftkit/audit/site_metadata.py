@@ -18,18 +18,10 @@ import numpy as np
 from scipy import stats as sps
 
 from shiftkit.data.metadata import metadata_differences, read_metadata
-from shiftkit.data.table import ImageTable
+from shiftkit.data.table import ImageTable, finite_number
 
 ID_LIKE_FRACTION = 0.5  # a categorical column with more distinct values than this fraction of rows is an identifier
 TOP_VALUES = 8
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if np.isfinite(value) else None
 
 
 def header_metadata(table: ImageTable, sites: np.ndarray, names: Sequence[str], max_per_site: int = 200,
@@ -77,7 +69,7 @@ def column_metadata(columns: dict[str, list[str]], sites: np.ndarray, names: Seq
     for column, values in columns.items():
         raw = np.asarray([v.strip() for v in values], dtype=object)
         present = raw != ""
-        numbers = [_number(v) for v in raw[present]]
+        numbers = [finite_number(v) for v in raw[present]]
         if present.sum() == 0:
             continue
         if all(v is not None for v in numbers):

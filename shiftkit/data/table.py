@@ -99,7 +99,8 @@ class ImageTable:
             raise DataError(f"{self.source}: class '{empty[0]}' has no images")
 
 
-def _as_number(label: str) -> float | None:
+def finite_number(label: str) -> float | None:
+    """The finite number ``label`` spells, or None (labels and metadata values are text until read as numbers)."""
     try:
         value = float(label)
     except ValueError:
@@ -117,7 +118,7 @@ def check_label_spellings(records: Sequence[ImageRecord]) -> None:
             if label in first_seen:
                 continue
             first_seen[label] = record.origin or str(record.path)
-            value = _as_number(label)
+            value = finite_number(label)
             if value is None:
                 continue
             other = by_value.setdefault(value, label)
