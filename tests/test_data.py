@@ -733,3 +733,21 @@ def test_stratified_split_is_deterministic_per_seed():
 
     assert paths(3) == paths(3)
     assert paths(3) != paths(4)
+
+
+def test_a_file_is_hashed_once_while_unchanged_and_again_when_replaced(tmp_path, monkeypatch):
+    import hashlib
+
+    from shiftkit.data import cache
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"first")
+    reads = []
+    real_sha1 = hashlib.sha1
+    monkeypatch.setattr(cache.hashlib, "sha1", lambda *a: reads.append(1) or real_sha1(*a))
+    first = cache.file_digest(path)
+    assert cache.file_digest(path) == first and len(reads) == 1  # the second call reads nothing
+    replacement = tmp_path / "b.png"
+    replacement.write_bytes(b"other bytes")
+    replacement.replace(path)  # same name, new content (another inode)
+    assert cache.file_digest(path) == real_sha1(b"other bytes").hexdigest() and len(reads) == 2

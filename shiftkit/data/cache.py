@@ -40,12 +40,26 @@ def default_memory_bytes() -> int:
         return DEFAULT_MEMORY_BYTES
 
 
+_DIGESTS: dict[tuple, str] = {}
+"""SHA-1s already computed in this process, by (path, size, mtime, inode, device): the disk cache, the embedding
+cache and the resume fingerprint all key on a file's content, and each would otherwise read every file again.
+An edited or replaced file changes its size, mtime or inode, so it is read afresh."""
+
+
 def file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes; a missing or unreadable file, or one that is not a regular file (a device such as
-    ``/dev/zero`` would never end), is an :class:`ImageReadError` naming it."""
+    """SHA-1 of a file's bytes (read once per process while the file is unchanged, see ``_DIGESTS``); a missing or
+    unreadable file, or one that is not a regular file (a device such as ``/dev/zero`` would never end), is an
+    :class:`ImageReadError` naming it."""
     problem = path_problem(path)
     if problem is not None:
         raise ImageReadError(f"{path}: {problem}")
+    try:
+        stat = path.stat()
+        signature = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+    except OSError:
+        signature = None
+    if signature in _DIGESTS:
+        return _DIGESTS[signature]
     digest = hashlib.sha1()
     try:
         with path.open("rb") as handle:
@@ -55,6 +69,8 @@ def file_digest(path: Path) -> str:
         raise ImageReadError(f"{path}: file not found") from None
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror or type(exc).__name__})") from None
+    if signature is not None:
+        _DIGESTS[signature] = digest.hexdigest()
     return digest.hexdigest()
 
 
