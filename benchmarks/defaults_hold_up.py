@@ -33,7 +33,7 @@ from shiftkit.data.table import load_table
 from shiftkit.features import extract
 from shiftkit.finetune.linear_probe import DEFAULT_CS
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, StrategyConfig
 from shiftkit.finetune.trainer import TrainConfig
 from shiftkit.io import write_json, write_text
 from shiftkit.models import build_model
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--out", type=Path, default=Path("runs/defaults"))
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGY_CLASSES))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: the engine's 50)")
     args = parser.parse_args()

@@ -56,9 +56,9 @@ class InMemoryImages(Dataset):
 def _trainer(args, dataset, classes: int, batch: int) -> Trainer:
     torch.manual_seed(0)
     adapted = build_model(args.arch, classes, "none", args.image_size)
-    strategy = make_strategy("ft", adapted, StrategyConfig(lr=1e-4, epochs=args.epochs + 1))
     config = TrainConfig(strategy="ft", lr=1e-4, epochs=args.epochs + 1, batch_size=batch, device=args.device,
                          num_workers=args.workers, precision=args.precision)
+    strategy = make_strategy("ft", adapted, StrategyConfig(), config)
     trainer = Trainer(adapted, strategy, "multiclass" if classes > 2 else "binary", dataset, dataset, config)
     trainer.strategy.begin_epoch(0, None)
     trainer._apply_plan()

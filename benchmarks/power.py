@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for shift in shifts:
         tgt = emb[f"tgt_{shift}"] if shift in NOISE else emb["tgt_none"]
         tgt_pca = pca.transform(tgt)
-        tgt_soft, tgt_logits = probe.predict_proba(tgt_pca), classifier.logits(tgt_pca)
+        tgt_soft, tgt_logits = probe.predict_proba(tgt_pca), classifier.log_probabilities(tgt_pca)
         rates[shift] = {t: {} for t in tests}
         for n in sizes:
             if not feasible(shift, n) or n > len(src_pca):

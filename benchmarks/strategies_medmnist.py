@@ -20,7 +20,7 @@ import torch
 
 from shiftkit.data.medmnist import export_npz
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, StrategyConfig
 from shiftkit.finetune.trainer import TrainConfig
 from shiftkit.io import write_json
 
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--lp-epochs", type=int, default=2, help="lp_ft: head-only epochs before all layers train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", default="efficientnet_lite0")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=",".join(STRATEGY_CLASSES))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_strategies"))
     args = parser.parse_args()
 

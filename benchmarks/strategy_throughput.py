@@ -25,7 +25,7 @@ from mmd_speed import _machine_info  # noqa: E402
 
 from shiftkit.data import ImageCache, ImageDataset, load_table
 from shiftkit.data.medmnist import export_npz
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig, make_strategy
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, StrategyConfig, make_strategy
 from shiftkit.finetune.trainer import Trainer, TrainConfig
 from shiftkit.io import write_json
 from shiftkit.models import build_model
@@ -50,14 +50,14 @@ def _timed_validation(trainer: Trainer) -> list[float]:
 def run(name: str, args, train, val, cache_features: bool = True) -> dict:
     torch.manual_seed(0)
     adapted = build_model(args.arch, 2, "imagenet", args.image_size)
-    config = StrategyConfig(lr=1e-4, epochs=args.epochs, epochs_per_block=1, lp_epochs=1)
+    config = TrainConfig(strategy=name, lr=1e-4, epochs=args.epochs, patience=100, device=args.device,
+                         cache_features=cache_features)
     cache = ImageCache(adapted.preprocessing)
     train_set, val_set = ImageDataset(train, cache), ImageDataset(val, cache)
     train_set.warm()
     val_set.warm()
-    trainer = Trainer(adapted, make_strategy(name, adapted, config), "binary", train_set, val_set,
-                      TrainConfig(strategy=name, lr=1e-4, epochs=args.epochs, patience=100, device=args.device,
-                                  cache_features=cache_features))
+    strategy = make_strategy(name, adapted, StrategyConfig(epochs_per_block=1, lp_epochs=1), config)
+    trainer = Trainer(adapted, strategy, "binary", train_set, val_set, config)
     validation = _timed_validation(trainer)
     started = time.perf_counter()
     trainer.fit()
@@ -85,7 +85,7 @@ def main() -> None:
     train, val = load_table(manifests["train"]), load_table(manifests["val"])
     val = val.with_classes(train.classes)
     results = {"ft": run("ft", args, train, val)}
-    for name in [s for s in STRATEGIES if s != "ft"]:
+    for name in [s for s in STRATEGY_CLASSES if s != "ft"]:
         results[name] = run(name, args, train, val)
         print(name, f"{results[name]['seconds_per_epoch']:.2f} s/epoch", flush=True)
     results["lp (no feature cache)"] = run("lp", args, train, val, cache_features=False)

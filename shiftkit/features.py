@@ -223,11 +223,18 @@ def load_finetuned(run_dir: Path) -> tuple[AdaptedModel, list[str]]:
     return adapted, info["classes"]
 
 
-def fit_pca(source: np.ndarray, components: int, seed: int = 0):
-    """PCA fitted on the source embeddings (the reference domain), to apply to both domains."""
+def pca_model(data: np.ndarray, components: int, seed: int = 0):
+    """An unfitted scikit-learn PCA of at most ``components`` components, no more than ``data`` has columns or rows
+    (the one place that cap is decided)."""
     from sklearn.decomposition import PCA
 
-    components = min(components, source.shape[1], len(source))
-    return PCA(n_components=components, random_state=seed).fit(source)
+    return PCA(n_components=min(components, data.shape[1], len(data)), random_state=seed)
+
+
+def fit_pca(pooled: np.ndarray, components: int, seed: int = 0):
+    """PCA of ``pooled`` (the embeddings of every domain compared, stacked), at most ``components`` of them.
+    Callers fit it on all domains pooled, without domain labels, so that the domains stay exchangeable under
+    "no shift" and the permutation tests stay exact (a source-only fit does not)."""
+    return pca_model(pooled, components, seed).fit(pooled)
 
 

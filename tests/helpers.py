@@ -31,16 +31,16 @@ def make_trainer(
     train, val = stratified_split(table, 0.25, seed)
     torch.manual_seed(seed)
     adapted = build_model(arch, len(table.classes), "none", image_size=32)
-    config = StrategyConfig(lr=lr, epochs=epochs, **strategy_options)
+    config = TrainConfig(strategy=strategy, lr=lr, epochs=epochs, batch_size=8, patience=patience, seed=seed,
+                         device="cpu", cache_features=cache_features, **(train_options or {}))
     cache = ImageCache(adapted.preprocessing)
     return Trainer(
         adapted,
-        make_strategy(strategy, adapted, config),
+        make_strategy(strategy, adapted, StrategyConfig(**strategy_options), config),
         table.task,
         ImageDataset(train, cache),
         ImageDataset(val, cache),
-        TrainConfig(strategy=strategy, lr=lr, epochs=epochs, batch_size=8, patience=patience, seed=seed,
-                    device="cpu", cache_features=cache_features, **(train_options or {})),
+        config,
         checkpoint_dir=checkpoint_dir,
         callback=callback,
     )

@@ -147,3 +147,30 @@ def test_bad_tables_fail_with_one_line_and_exit_2(tmp_path, case, message):
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_combat_and_the_audit_read_a_features_table_by_one_rule(tmp_path):
+    """Issue 14, item 5: one reader (shiftkit.data.feature_table). Both commands take the same feature columns (an
+    all-empty or text column is left alone), and a covariate holding 'nan' is refused by both with the same line,
+    where the audit used to one-hot encode it as a category."""
+    features, names, sites, label = simulate(seed=4, n_per_site=8, null=3)
+    n = len(sites)
+    age = [str(40 + i % 20) for i in range(n)]
+    extra = {"age": age, "empty": [""] * n, "note": ["x"] * n}
+    table = write_table(tmp_path / "t.csv", features, names, sites, label, extra=extra)
+    audit = run_features_audit(FeaturesAuditRequest(table=table, site_column="scanner", label_column="grade",
+                                                    covariates=("age",), combat=False))
+    assert audit.table.names == tuple(names) and {"empty", "note"} <= set(audit.table.ignored)
+    out = tmp_path / "h.csv"
+    result = runner.invoke(app, ["combat", str(table), "--site-column", "scanner", "--label-column", "grade",
+                                 "--covariates", "age", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "h.summary.json").read_text())["features"] == names
+
+    age[4] = "nan"  # data row 5 is spreadsheet row 6
+    table = write_table(tmp_path / "nan.csv", features, names, sites, label, extra=extra)
+    expected = f"error: {table} row 6: covariate 'age' is 'nan', not finite; a numeric covariate needs finite numbers"
+    for command in (["audit", str(table), "--features-table", "--out", str(tmp_path / "a")],
+                    ["combat", str(table), "--out", str(tmp_path / "c.csv")]):
+        result = runner.invoke(app, [*command, "--site-column", "scanner", "--covariates", "age"])
+        assert result.exit_code == 2 and result.output.strip() == expected, result.output

@@ -150,17 +150,12 @@ CLI_FAST = ["--image-size", "32", "--permutations", "200", "--ot-permutations", 
 
 
 def test_cli_end_to_end_on_tiny_images(tmp_path):
-    """One real run: embed once (cached), matrix, labels, metadata, HTML; and, when the harmonization module is
-    there, the matrix again after z-score harmonization toward all sites pooled."""
+    """One real run: embed once (cached), matrix, labels, metadata, HTML, and the matrix again after z-score
+    harmonization toward all sites pooled."""
     manifest = write_sites(tmp_path / "data")
     out = tmp_path / "audit"
-    try:
-        import shiftkit.harmonize.apply  # noqa: F401
-        harmonize = ["--harmonize", "zscore"]
-    except ImportError:
-        harmonize = []
     result = runner.invoke(app, ["audit", str(manifest), "--site-column", "hospital", "--label-column", "diagnosis",
-                                 "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *CLI_FAST, *harmonize])
+                                 "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *CLI_FAST, "--harmonize", "zscore"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "audit.json").read_text())
     assert report["sites"] == ["north", "south", "west"]
@@ -177,12 +172,11 @@ def test_cli_end_to_end_on_tiny_images(tmp_path):
     assert html.count("<img") >= 5 and "Farthest from the rest: west" in html
     assert "west" in result.output and "Farthest" in result.output
     assert list((tmp_path / "cache").glob("*.npz"))  # one embedding pass, cached
-    if harmonize:
-        after = report["harmonized"]
-        assert after["method"] == "zscore" and after["reference"] == "all sites pooled"
-        assert after["sites"] == report["sites"] and set(after["pairwise"]["west"]) == {"north", "south"}
-        assert len(list((out / "harmonized").rglob("*.png"))) == 30
-        assert "After harmonization" in html
+    after = report["harmonized"]
+    assert after["method"] == "zscore" and after["reference"] == "all sites pooled"
+    assert after["sites"] == report["sites"] and set(after["pairwise"]["west"]) == {"north", "south"}
+    assert len(list((out / "harmonized").rglob("*.png"))) == 30
+    assert "After harmonization" in html
 
 
 def test_errors_are_one_line_with_exit_code_2(tmp_path):

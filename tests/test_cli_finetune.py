@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from shiftkit.cli import app
 from shiftkit.finetune.metrics import METRICS
-from shiftkit.finetune.strategies import STRATEGIES
+from shiftkit.finetune.strategies import STRATEGY_CLASSES
 
 runner = CliRunner()
 FAST = ["--arch", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--device", "cpu"]
@@ -20,7 +20,7 @@ def invoke(*args):
     return runner.invoke(app, ["finetune", *map(str, args)])
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES)[:8])
+@pytest.mark.parametrize("strategy", list(STRATEGY_CLASSES)[:8])
 def test_each_strategy_runs_end_to_end_through_the_cli(phantom_dir, phantom_test_dir, tmp_path, strategy):
     result = invoke(phantom_dir, "--test", phantom_test_dir, "--strategy", strategy, "--epochs", "2",
                     "--lp-epochs", "1", "--epochs-per-block", "1", "--rgn-batches", "1", "--out", tmp_path, *FAST)
@@ -191,3 +191,56 @@ def test_out_naming_a_file_is_a_one_line_error(phantom_dir, tmp_path):
     target.write_text("keep me")
     line = _error_line(invoke(phantom_dir, "--out", target, *FAST))
     assert "is a file, not a folder" in line and target.read_text() == "keep me"
+
+
+# -- hyperparameters: declared once, in both commands, recorded as before ----------------------------------------
+def test_every_strategy_setting_is_an_option_of_both_commands_with_the_config_default():
+    from dataclasses import fields
+
+    import typer
+
+    from shiftkit.cli.options import HYPERPARAMETERS
+    from shiftkit.finetune.protocol import PROTOCOL_SETTINGS
+    from shiftkit.finetune.strategies import StrategyConfig
+
+    names = {f.name for f in fields(StrategyConfig)}
+    assert names <= set(HYPERPARAMETERS), f"no option in cli.options.HYPERPARAMETERS for {names - set(HYPERPARAMETERS)}"
+    commands = typer.main.get_command(app).commands
+    for command in ("finetune", "compare"):
+        params = {p.name: p for p in commands[command].params}
+        for f in fields(StrategyConfig):
+            option = params[f.name]
+            assert option.opts == [f"--{f.name.replace('_', '-')}"] and option.help
+            assert option.default == (None if f.name in PROTOCOL_SETTINGS else f.default), (command, f.name)
+
+
+def test_a_protocol_sets_its_options_and_one_given_alone_wins():
+    from shiftkit.cli.options import training_settings
+    from shiftkit.finetune.strategies import StrategyConfig
+
+    given = {"protocol": "paper", "lp_solver": None, "class_weight": "balanced", "sp_update": None, "alpha": 0.5,
+             "beta": None, "epochs_per_block": 2, "lp_epochs": 3, "rgn_batches": 4, "rgn_weight_decay": 0.0}
+    train, strategy = training_settings(given)
+    assert train == {"protocol": "paper", "lp_solver": "adam", "class_weight": "balanced"}
+    assert strategy == StrategyConfig(epochs_per_block=2, lp_epochs=3, alpha=0.5, beta=0.01, sp_update="penalty",
+                                      rgn_batches=4, rgn_weight_decay=0.0)
+
+
+def test_the_recorded_strategy_settings_are_those_checkpoints_were_written_with():
+    # the resume identity and metrics.json's config.strategy: lr and epochs are the run's, as before
+    from shiftkit.finetune.config import TrainConfig
+    from shiftkit.finetune.strategies import StrategyConfig, make_strategy
+    from shiftkit.models import build_model
+
+    adapted = build_model("resnet18", 2, "none", image_size=32)
+    strategy = make_strategy("l2_sp", adapted, StrategyConfig(), TrainConfig(lr=0.01, epochs=3))
+    assert strategy.config_dict() == {"lr": 0.01, "epochs": 3, "epochs_per_block": None, "lp_epochs": 5,
+                                      "alpha": 10.0, "beta": 10.0, "sp_update": "decoupled", "rgn_batches": 5,
+                                      "rgn_weight_decay": 1e-4}
+    assert list(strategy.config_dict())[:2] == ["lr", "epochs"]
+
+
+def test_the_registry_starts_with_the_published_strategies():
+    from shiftkit.recommend import PUBLISHED_STRATEGIES
+
+    assert tuple(STRATEGY_CLASSES)[:len(PUBLISHED_STRATEGIES)] == PUBLISHED_STRATEGIES

@@ -4,6 +4,8 @@ clear errors and leakage warnings; agreement with neuroCombat when it is install
 from __future__ import annotations
 
 import csv
+import dataclasses
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shiftkit.cli import app
-from shiftkit.errors import DataError
+from shiftkit.errors import ConfigError, DataError
 from shiftkit.harmonize.combat import ComBat, LeakageWarning, cramers_v, correlation_ratio
 
 SITES = {"a": (0.0, 1.0), "b": (3.0, 2.5), "c": (-2.0, 0.4)}  # site: (location shift, scale factor)
@@ -123,6 +125,58 @@ def test_save_load_round_trip_is_identical_and_applies_to_new_rows(tmp_path, suf
     assert not path.read_bytes().startswith(b"\x80")  # not a pickle
 
 
+def test_every_constructor_argument_is_saved_and_restored(tmp_path):
+    """Issue 14, item 2: the saved settings are the constructor's arguments (base.constructor_params), so a new
+    argument (here a subclass's) cannot be lost on save; a file without it loads with the default."""
+    features, sites, _ = planted(per_site=10)
+    options = {"parametric": False, "eb": True, "reference_site": "c", "mean_only": True}
+    assert set(options) == set(inspect.signature(ComBat).parameters)  # this test sets every argument
+    ComBat(**options).fit(features, sites).save(tmp_path / "m.json")
+    loaded = ComBat.load(tmp_path / "m.json")
+    assert {name: getattr(loaded, name) for name in options} == options
+
+    @dataclasses.dataclass(eq=False)
+    class Tuned(ComBat):
+        shrink: float = 1.0
+
+    Tuned(eb=False, shrink=0.25).fit(features, sites).save(tmp_path / "tuned.npz")
+    assert Tuned.load(tmp_path / "tuned.npz").shrink == 0.25
+    assert Tuned.load(tmp_path / "m.json").shrink == 1.0  # saved before the argument existed: its default
+
+
+# Written by shiftkit before ComBat was split into a package (format version 2): ComBat(eb=False, reference_site="b")
+# fitted on FIXTURE_ROWS with age as covariate, and what it returned for those rows.
+HEAD_MODEL = {
+    "format": "shiftkit-combat", "version": 2, "parametric": True, "eb": False, "reference_site": "b",
+    "mean_only": False, "sites": ["a", "b"], "site_counts": [3, 3], "feature_names": ["f0", "f1"],
+    "covariate_names": ["age"], "shape": {"features": 2, "covariates": 1}, "extra": {}, "arrays": {
+        "grand_mean": [0.8669214468630108, 1.4987304135559303],
+        "var_pooled": [0.14906832298136627, 0.13206057931141077],
+        "beta_covariates": [[-8.050936883443853e-17, -0.011846252370621889]],
+        "gamma_star": [[-4.490731195102498, -5.4231646006473415], [0.0, 0.0]],
+        "delta_star": [[3.500000000000008, 0.6167300936768231], [1.0, 1.0]],
+        "gamma_hat": [[-4.490731195102498, -5.4231646006473415], [9.964716270533296e-15, 2.3911254993911458e-14]],
+        "delta_hat": [[3.500000000000008, 0.6167300936768231], [1.5000000000000004, 1.4999999999999998]],
+        "center": [4.166666666666667, 16.666666666666668], "scale": [2.1147629234082532, 5.9907335852038095]}}
+FIXTURE_ROWS = ([[1.0, 10.0], [2.0, 12.0], [4.0, 11.0], [5.0, 20.0], [7.0, 26.0], [6.0, 21.0]],
+                ["a", "a", "a", "b", "b", "b"], [[30.0], [50.0], [40.0], [45.0], [35.0], [60.0]])
+HEAD_OUTPUT = [[5.2873033549002, 21.33908804561831], [5.821825838725047, 24.273815180188183],
+               [6.890870806374744, 22.80645161290325], [5.0, 20.0], [7.0, 26.0], [6.0, 21.0]]
+
+
+def test_a_model_saved_before_the_split_loads_and_gives_the_same_numbers(tmp_path):
+    path = tmp_path / "old.combat.json"
+    path.write_text(json.dumps(HEAD_MODEL))
+    model = ComBat.load(path)
+    assert (model.eb, model.reference_site, model.parametric, model.mean_only) == (False, "b", True, False)
+    features, sites, age = np.asarray(FIXTURE_ROWS[0]), FIXTURE_ROWS[1], np.asarray(FIXTURE_ROWS[2])
+    np.testing.assert_allclose(model.transform(features, sites, age), HEAD_OUTPUT, rtol=1e-12)
+    refit = ComBat(eb=False, reference_site="b").fit(features, sites, age, feature_names=["f0", "f1"],
+                                                     covariate_names=["age"])
+    refit.save(tmp_path / "new.combat.json")
+    assert json.loads((tmp_path / "new.combat.json").read_text()).keys() == HEAD_MODEL.keys()  # the same layout
+
+
 def test_unknown_site_on_apply_is_named():
     features, sites, _ = planted(per_site=20)
     model = ComBat().fit(features, sites)
@@ -168,7 +222,7 @@ def test_bad_inputs_are_user_errors():
         ComBat().fit(features, list(sites[:-1]) + ["solo"])
     with pytest.raises(DataError, match="singular"), pytest.warns(LeakageWarning):
         ComBat().fit(features, sites, (sites == "a").astype(float)[:, None])
-    with pytest.raises(Exception, match="reference site 'zz'"):
+    with pytest.raises(ConfigError, match=r"^reference site 'zz' is not among the sites \(a, b, c\)$"):
         ComBat(reference_site="zz").fit(features, sites)
 
 
@@ -328,7 +382,7 @@ def test_cli_a_feature_table_is_read_by_the_one_csv_reader(tmp_path):
     gaps.write_text("\n".join([header, ""] + rows) + "\n")
     line = error_line(runner.invoke(app, ["combat", str(gaps), "--label-column", "label",
                                           "--out", str(tmp_path / "x.csv")]))
-    assert "feature column 'original_f1' row 6 is nan" in line, line
+    assert "gaps.csv row 6: feature 'original_f1' is nan" in line, line  # the message audit gives, too
     assert not (tmp_path / "x.csv").exists()
 
 

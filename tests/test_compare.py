@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +26,9 @@ from shiftkit.compare.grid import (
 from shiftkit.compare.search import Arm, ArmProgress, rung_budgets, score_within, successive_halving
 from shiftkit.compare.tables import build_table, effectiveness, format_cell, mean_se, relative_improvement
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.finetune.config import TrainConfig
 from shiftkit.finetune.metrics import METRICS
+from shiftkit.finetune.strategies import StrategyConfig
 
 runner = CliRunner()
 
@@ -53,8 +56,8 @@ class FakeRun:
 
 @pytest.fixture
 def settings(phantom_dir, phantom_test_dir) -> CompareSettings:
-    return CompareSettings(data=phantom_dir, test=phantom_test_dir, weights="none", epochs=1, batch_size=8,
-                           image_size=32, device="cpu")
+    return CompareSettings(data=phantom_dir, test=phantom_test_dir, weights="none", image_size=32,
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
 
 
 PLAN = plan_grid(["resnet18"], ["ft", "lp"], [1e-3, 1e-4], [0, 1])
@@ -110,11 +113,61 @@ def test_changed_settings_are_refused_not_reused(settings, tmp_path):
     from dataclasses import replace
 
     with pytest.raises(ConfigError, match="epochs: 1 -> 2"):
-        run_grid(PLAN, replace(settings, epochs=2), tmp_path, run=FakeRun())
-    # device and cache folder do not change the numbers: the same grid
+        run_grid(PLAN, replace(settings, train=replace(settings.train, epochs=2)), tmp_path, run=FakeRun())
+    with pytest.raises(ConfigError, match="lp_epochs: 5 -> 2"):  # a strategy hyperparameter, by the config's fields
+        run_grid(PLAN, replace(settings, strategy=StrategyConfig(lp_epochs=2)), tmp_path, run=FakeRun())
+    # device, loader workers, precision and cache folder do not change the numbers: the same grid
     again = FakeRun()
-    run_grid(PLAN, replace(settings, device="auto", cache_dir=tmp_path / "c"), tmp_path, run=again)
+    fast = replace(settings.train, device="auto", num_workers=2, precision="fp32", eval_batch_size=64)
+    run_grid(PLAN, replace(settings, train=fast, cache_dir=tmp_path / "c"), tmp_path, run=again)
     assert again.calls == []
+
+
+# What HEAD (before the configs were embedded) fingerprinted, with the data files' identity fixed: runs.jsonl files
+# recorded then must resume, so these values may never change.
+FIXED_DATA = "#0123456789abcdef"
+RECORDED_DEFAULT = ("6d7654a1d8dbdf52", {
+    "data": "train#0123456789abcdef", "val": None, "test": None, "weights": "imagenet", "epochs": 50, "patience": 5,
+    "batch_size": 64, "image_size": None, "monitor": "auto", "epochs_per_block": None, "lp_epochs": 5, "alpha": None,
+    "beta": None, "rgn_batches": 5, "rgn_weight_decay": 0.0001, "protocol": "shiftkit", "lp_solver": "lbfgs",
+    "class_weight": "balanced", "sp_update": "decoupled", "read_options": "w=None|s=None"})
+RECORDED_CUSTOM = ("c900a1f775ac4698", {
+    "data": "train#0123456789abcdef", "val": "val#0123456789abcdef", "test": "test#0123456789abcdef",
+    "weights": "none", "epochs": 7, "patience": 3, "batch_size": 16, "image_size": 64, "monitor": "f1",
+    "epochs_per_block": 2, "lp_epochs": 3, "alpha": 0.5, "beta": 0.25, "rgn_batches": 4, "rgn_weight_decay": 0.001,
+    "protocol": "paper", "lp_solver": "adam", "class_weight": "none", "sp_update": "penalty",
+    "read_options": "w=(-1000.0, 400.0)|s=3"})
+
+
+def test_grid_identities_recorded_before_are_unchanged(monkeypatch):
+    from shiftkit.compare import grid
+    from shiftkit.data.readers import ReadOptions
+
+    monkeypatch.setattr(grid, "_data_identity", lambda path: f"{Path(path).name}{FIXED_DATA}")
+    default = CompareSettings(data=Path("train"))
+    custom = CompareSettings(
+        data=Path("train"), val=Path("val"), test=Path("test"), weights="none", image_size=64,
+        read_options=ReadOptions(window=(-1000.0, 400.0), slice_index=3), cache_dir=Path("c"),
+        train=TrainConfig(epochs=7, patience=3, batch_size=16, monitor="f1", protocol="paper", lp_solver="adam",
+                          class_weight="none", device="cpu"),
+        strategy=StrategyConfig(epochs_per_block=2, lp_epochs=3, alpha=0.5, beta=0.25, rgn_batches=4,
+                                rgn_weight_decay=0.001, sp_update="penalty"))
+    for settings, (fingerprint, identity) in ((default, RECORDED_DEFAULT), (custom, RECORDED_CUSTOM)):
+        assert settings.identity() == identity
+        assert settings.fingerprint() == fingerprint
+
+
+def test_the_identity_is_every_config_field_but_the_run_s_own_and_speed_only_ones():
+    from dataclasses import fields
+
+    from shiftkit.compare.grid import NOT_IN_FINGERPRINT
+
+    identity = CompareSettings(data=Path(__file__).parent).identity()
+    expected = ({"data", "val", "test", "weights", "image_size", "read_options"}
+                | {f.name for f in fields(TrainConfig)} - set(NOT_IN_FINGERPRINT)
+                | {f.name for f in fields(StrategyConfig)})
+    assert set(identity) == expected
+    assert {"strategy", "lr", "seed", "device", "num_workers", "precision"}.isdisjoint(identity)
 
 
 # -- the paper's table on a worked example ---------------------------------------------------------------

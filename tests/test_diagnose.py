@@ -257,11 +257,10 @@ def test_diagnose_out_naming_a_file_is_a_one_line_error(domains, tmp_path):
 
 
 def test_max_images_below_the_number_of_classes_falls_back_to_a_random_subset(domains):
-    from shiftkit.data.table import load_table
-    from shiftkit.shift.diagnose import _subsample
+    from shiftkit.data.table import load_table, subsample_table  # diagnose --max-images
 
     table = load_table(domains["source"])
     for limit in (2, 45):
-        subset = _subsample(table, limit, seed=0)
+        subset = subsample_table(table, limit, seed=0)
         assert len(subset) == limit and len({r.path for r in subset.records}) == limit
-    assert set(_subsample(table, 45, seed=0).class_counts().values()) == {15}  # stratified when it can be
+    assert set(subsample_table(table, 45, seed=0).class_counts().values()) == {15}  # stratified when it can be

@@ -290,8 +290,8 @@ def _shown(text: str, output: str) -> None:
 @given(classes=_names(3), reason=USER_TEXT)
 def test_diagnose_summary_html_and_plots_show_class_names_literally(classes, reason):
     from shiftkit.report import plots
-    from shiftkit.report.diagnose import _html as diagnose_html
-    from shiftkit.report.diagnose import print_summary
+    from shiftkit.report.diagnose import html_page, print_summary
+    from shiftkit.report.sections import SectionContext
 
     classes = [c.strip() for c in classes]
     prior = {c: 1 / 3 for c in classes}
@@ -311,7 +311,8 @@ def test_diagnose_summary_html_and_plots_show_class_names_literally(classes, rea
         _shown(c, buffer.getvalue())
     _shown(f"{reason} in {classes[0]}", buffer.getvalue())
     png = plots.prior_bars(classes, prior, prior, label.ci, prior)
-    page = diagnose_html(profile, {"embedding": png, "priors": png})
+    report = {"skipped_images": [], "recommendation": {"arch": classes[2], "ranking": [], "notes": []}}
+    page = html_page(SectionContext(profile, None, report, {"embedding": png, "priors": png}))
     assert _html.escape(f"{reason} in {classes[0]}".strip()) in page or not reason.isprintable()
     assert "<script" not in page.replace(_html.escape("<script"), "")
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from shiftkit.cli import app
 from shiftkit.errors import ConfigError, DataError
-from shiftkit.recommend import STRATEGIES, ShiftFacts, load_evidence, recommend
+from shiftkit.recommend import PUBLISHED_STRATEGIES, ShiftFacts, load_evidence, recommend
 from shiftkit.recommend.evaluate import METHODS, leave_one_dataset_out
 from shiftkit.recommend.recommender import COVARIATE_PRIOR, IMBALANCE_PRIOR
 
@@ -95,7 +95,7 @@ def test_relative_gains_match_values_computed_by_hand_from_the_csv():
 def test_queries_by_dataset_architecture_strategy_and_metric():
     evidence = load_evidence()
     bach_vgg = evidence.query(dataset="bach", architecture="VGG19")
-    assert len(bach_vgg) == 16 and {r.strategy for r in bach_vgg} == set(STRATEGIES)
+    assert len(bach_vgg) == 16 and {r.strategy for r in bach_vgg} == set(PUBLISHED_STRATEGIES)
     assert {r.metric for r in bach_vgg} == {"accuracy", "kappa"}
     lp_ft_map = evidence.query(strategy="lp_ft", metric="mAP")
     assert sorted({r.dataset for r in lp_ft_map}) == ["CheXpert", "CholecT50-Instrument"] and len(lp_ft_map) == 6
@@ -136,7 +136,7 @@ def test_covariate_shift_enters_as_the_documented_prior():
     none = recommend(replace(base, covariate_strength="none"), "resnet50")
     mild = recommend(replace(base, covariate_strength="mild"), "resnet50")
     strong = recommend(replace(base, covariate_strength="strong", covariate_auc=0.95), "resnet50")
-    for s in STRATEGIES:
+    for s in PUBLISHED_STRATEGIES:
         assert gains(strong)[s] - gains(none)[s] == pytest.approx(COVARIATE_PRIOR[s])
         assert gains(mild)[s] - gains(none)[s] == pytest.approx(COVARIATE_PRIOR[s] / 2)
     # strategies that adapt early layers move up (or stay), those that keep them fixed move down (or stay)
@@ -153,7 +153,7 @@ def test_covariate_shift_enters_as_the_documented_prior():
 def test_strong_imbalance_favours_linear_probing_by_the_documented_prior():
     balanced = recommend(ShiftFacts(train_size=20_000, num_classes=2, imbalance=1.5), "densenet121")
     skewed = recommend(ShiftFacts(train_size=20_000, num_classes=2, imbalance=50.0), "densenet121")
-    for s in STRATEGIES:
+    for s in PUBLISHED_STRATEGIES:
         assert gains(skewed)[s] - gains(balanced)[s] == pytest.approx(IMBALANCE_PRIOR.get(s, 0.0))
 
 
@@ -174,7 +174,7 @@ def test_architectures_outside_the_paper_get_a_ranking_and_say_whose_evidence(ar
     assert borrowed in rec.notes[0]
     assert set(rec.evidence_architectures) == {"resnet50", "densenet121", "vgg19"}
     full = recommend(ShiftFacts(train_size=1000, num_classes=3), arch)
-    assert sorted(a.strategy for a in full.ranking) == sorted(STRATEGIES)
+    assert sorted(a.strategy for a in full.ranking) == sorted(PUBLISHED_STRATEGIES)
     assert [a.expected_gain for a in full.ranking] == sorted((a.expected_gain for a in full.ranking), reverse=True)
     d = full.to_dict()
     assert json.loads(json.dumps(d)) == d and d["best"] == full.ranking[0].strategy
@@ -206,7 +206,7 @@ def test_leave_one_dataset_out_runs_and_prints_its_hit_rates():
     assert sum(c.source == "tables" for c in result.cases) == 18
     for case in result.cases:
         for method in METHODS:
-            assert sorted(case.rankings[method]) == sorted(STRATEGIES), (case, method)
+            assert sorted(case.rankings[method]) == sorted(PUBLISHED_STRATEGIES), (case, method)
     rates = result.rates()
     print("\nLODO over the published evidence "
           f"({result.n_cases} cases, {result.n_datasets} datasets): best strategy ranked 1st / in top 3")

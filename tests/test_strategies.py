@@ -7,7 +7,8 @@ import torch
 
 from helpers import make_trainer, snapshot
 from shiftkit.errors import ConfigError
-from shiftkit.finetune.strategies import STRATEGIES, ParamGroup, Strategy, make_strategy, register
+from shiftkit.finetune.early_stopping import entry_score
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, ParamGroup, Strategy, make_strategy, register
 from shiftkit.models import build_model
 
 PAPER_NAMES = ["ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn"]
@@ -25,7 +26,7 @@ def changed_blocks(trainer, before) -> set[str]:
 
 
 def test_registry_has_the_papers_eight_strategies():
-    assert list(STRATEGIES)[:8] == PAPER_NAMES
+    assert list(STRATEGY_CLASSES)[:8] == PAPER_NAMES
 
 
 def test_unknown_strategy_is_a_user_error():
@@ -96,9 +97,19 @@ def test_plateau_advances_a_staged_strategy_instead_of_stopping(phantom_dir):
     trainer = make_trainer(phantom_dir, "lp_ft", epochs=8, lp_epochs=50, patience=1, lr=1e-6,
                            train_options={"lp_solver": "adam"})
     trainer.fit()
-    stages = [h["stage"] for h in trainer.history]
+    history = trainer.history
+    stages = [h["stage"] for h in history]
     assert stages[0] == 0 and 1 in stages  # left the LP phase long before lp_epochs=50
-    assert trainer.history[-1]["stop"] or len(stages) == 8
+    best = float("-inf")
+    for index, entry in enumerate(history):  # patience 1: every epoch that does not beat the best is a plateau
+        score = entry_score(entry)
+        plateau, best = score <= best, max(best, score)
+        if entry["stage"] == 0:  # the probe phase: a plateau moves on to fine-tuning, never stops the run
+            assert not entry["stop"]
+            if index + 1 < len(history):
+                assert (history[index + 1]["stage"] == 1) == plateau
+        else:  # the last stage: a plateau stops the run
+            assert entry["stop"] == plateau
 
 
 def test_lp_ft_probes_then_fine_tunes(phantom_dir):
@@ -190,8 +201,7 @@ def test_auto_rgn_learning_rates_follow_the_ratios_it_recorded(phantom_dir):
 
 def test_auto_rgn_ratio_is_gradient_norm_over_weight_norm(phantom_dir):
     trainer = make_trainer(phantom_dir, "auto_rgn", epochs=1, rgn_batches=1)
-    trainer._set_modes()
-    (grads,) = list(trainer._probe(1, epoch=0))
+    (grads,) = list(trainer.gradient_probe(1, epoch=0))
     strategy = trainer.strategy
     strategy.begin_epoch(0, lambda n: iter([grads]))
     raw = {n: grads[n].norm().item() / trainer.params[n].norm().item() for n in strategy.tuned}
@@ -205,7 +215,7 @@ def test_a_ninth_strategy_registers_without_touching_the_trainer(phantom_dir):
     class HeadAndStem(Strategy):
         def param_groups(self):
             names = [n for n in self.params if n.startswith(("conv1", "bn1"))] + self.head_names
-            return [ParamGroup(names, self.config.lr)]
+            return [ParamGroup(names, self.lr)]
 
     try:
         trainer = make_trainer(phantom_dir, "head_and_stem", epochs=1)
@@ -213,7 +223,7 @@ def test_a_ninth_strategy_registers_without_touching_the_trainer(phantom_dir):
         trainer.fit()
         assert changed_blocks(trainer, before) == {"stem", "fc"}
     finally:
-        STRATEGIES.pop("head_and_stem")
+        STRATEGY_CLASSES.pop("head_and_stem")
 
 
 def test_same_seed_gives_the_same_numbers_on_cpu(phantom_dir):

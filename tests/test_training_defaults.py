@@ -101,7 +101,7 @@ def test_lp_is_solved_in_one_epoch_and_the_head_is_scikit_learns(phantom_dir):
     assert len(trainer.history) == 1 and trainer.history[0]["stop"]
     record = trainer.history[0]["linear_probe"]
     assert record["solver"] == "lbfgs" and record["C"] in [float(c) for c in record["val_score_per_C"]]
-    x, y = (t.cpu().numpy() for t in trainer._cached_features("train"))
+    x, y = (t.cpu().numpy() for t in trainer.cached_features("train"))
     weights = dict(enumerate(trainer.class_weights))
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=record["C"], class_weight=weights,
                                                                    max_iter=1000)).fit(x, y)
@@ -128,7 +128,7 @@ def _toy(seed: int = 0) -> AdaptedModel:
 def test_decoupled_sp_after_one_adam_step_is_the_hand_computed_update(name):
     lr, alpha, beta = 0.1, 0.3, 0.5
     adapted = _toy()
-    strategy = make_strategy(name, adapted, StrategyConfig(lr=lr, alpha=alpha, beta=beta))
+    strategy = make_strategy(name, adapted, StrategyConfig(alpha=alpha, beta=beta), TrainConfig(lr=lr))
     start = {n: p.detach().clone() for n, p in adapted.model.named_parameters()}
     optimizer = torch.optim.Adam(adapted.model.parameters(), lr=lr)
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))

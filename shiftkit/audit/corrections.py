@@ -7,7 +7,8 @@ adjusted p-values in the input order (compare an adjusted p-value with alpha):
 - ``bonferroni``: p·m, family-wise error rate (FWER) control under any dependence;
 - ``holm``: Holm's step-down version of Bonferroni, also FWER, uniformly more powerful;
 - ``bh``: Benjamini-Hochberg step-up, false discovery rate (FDR) control (independent or positively dependent tests),
-  the practical choice when there are tens of sites (hundreds of pairs) or hundreds of features.
+  the practical choice when there are tens of sites (hundreds of pairs) or hundreds of features; scipy's
+  ``false_discovery_control``.
 
 NaN p-values (a test that could not run) stay NaN and do not count towards m.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import false_discovery_control
 
 from shiftkit.errors import ConfigError
 
@@ -47,10 +49,6 @@ def adjust_p_values(p_values: Sequence[float], method: str = "bh") -> np.ndarray
         adjusted = np.empty(m)
         adjusted[order] = np.minimum(1.0, stepped)
     else:  # Benjamini-Hochberg step-up
-        order = np.argsort(q, kind="stable")
-        ranked = q[order] * m / np.arange(1, m + 1)
-        stepped = np.minimum.accumulate(ranked[::-1])[::-1]
-        adjusted = np.empty(m)
-        adjusted[order] = np.minimum(1.0, stepped)
+        adjusted = false_discovery_control(q, method="bh")
     out[valid] = adjusted
     return out

@@ -25,11 +25,10 @@ import numpy as np
 from scipy import stats as sps
 
 from shiftkit.audit.corrections import adjust_p_values
-from shiftkit.data.csvfile import read_csv
+from shiftkit.data.feature_table import Covariate, FeatureTable, design_matrix
 from shiftkit.errors import ConfigError, DataError
-from shiftkit.harmonize.combat import ID_NAMES, ComBat
+from shiftkit.harmonize.combat import ComBat
 
-IGNORED_PREFIXES = ("diagnostics_",)
 MIN_ROWS_PER_SITE = 3
 DOMINANCE = 0.26
 
@@ -44,33 +43,21 @@ class FeaturesTable:
     sites: np.ndarray  # n site names
     covariates: dict[str, list[str]]  # raw values of the covariate columns (label first)
     ignored: tuple[str, ...]  # diagnostics, id and text columns
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+    design: np.ndarray | None = None  # the covariates encoded for ComBat (numeric as is, categorical one-hot)
+    design_names: tuple[str, ...] = ()
 
 
 def load_features_table(path: Path, site_column: str, *, label_column: str | None = None,
                         covariates: Sequence[str] = (), id_column: str | None = None,
                         min_rows_per_site: int = MIN_ROWS_PER_SITE) -> FeaturesTable:
-    """Read and check a features CSV; every problem is a one-line :class:`DataError` naming the file, column, row."""
-    path = Path(path)
-    table = read_csv(path, "features table", strict=True)
-    columns, rows = table.header, table.dicts(strip_values=True)
-    if not rows:
-        raise DataError(f"{path}: the features table has no rows")
+    """Read and check a features CSV with the one feature-table reader (:mod:`shiftkit.data.feature_table`, shared
+    with ``shiftkit combat``); every problem is a one-line :class:`DataError` naming the file, column, row."""
+    table = FeatureTable.read(path, "features table")
     for option, column in (("--site-column", site_column), ("--label-column", label_column),
                            ("--id-column", id_column), *(("--covariates", c) for c in covariates)):
-        if column is not None and column not in columns:
-            raise DataError(f"{path}: no column '{column}' ({option}); columns are {', '.join(columns[:12])}"
-                            + (" ..." if len(columns) > 12 else ""))
-    sites = np.asarray([row[site_column] for row in rows])
-    empty = np.flatnonzero(sites == "")
-    if len(empty):
-        raise DataError(f"{path} row {table.numbers[empty[0]]}: empty site in column '{site_column}'")
+        if column is not None:
+            table.require(column, option)
+    sites = table.sites(site_column)
     names, counts = np.unique(sites, return_counts=True)
     if len(names) < 2:
         raise DataError(f"{path}: column '{site_column}' has a single site ('{names[0]}'); an audit needs two or more")
@@ -78,54 +65,12 @@ def load_features_table(path: Path, site_column: str, *, label_column: str | Non
     if small:
         raise DataError(f"{path}: site '{small[0][0]}' has {small[0][1]} row(s); each site needs at least "
                         f"{min_rows_per_site}")
-    kept_aside = {site_column, label_column, id_column, *covariates} - {None}
-    feature_names, ignored = [], []
-    for column in columns:
-        if column in kept_aside:
-            continue
-        if column.startswith(IGNORED_PREFIXES) or column.lower() in ID_NAMES:
-            ignored.append(column)
-            continue
-        values = [row[column] for row in rows]
-        parsed = [_float(v) for v in values]
-        if any(p is None for v, p in zip(values, parsed) if v != ""):  # text: an id, a path, a category
-            ignored.append(column)
-            continue
-        bad = next((i for i, (v, p) in enumerate(zip(values, parsed)) if v == "" or not np.isfinite(p)), None)
-        if bad is not None:
-            shown = values[bad] or "an empty cell"
-            raise DataError(f"{path} row {table.numbers[bad]}: feature '{column}' is {shown}; features must be finite "
-                            "numbers (impute or drop the feature first)")
-        feature_names.append(column)
-    if not feature_names:
-        raise DataError(f"{path}: no numeric feature columns (besides {', '.join(sorted(kept_aside))} and "
-                        f"{len(ignored)} ignored diagnostics/text column(s))")
-    matrix = np.array([[float(row[c]) for c in feature_names] for row in rows], dtype=np.float64)
-    covariate_values = {c: [row[c] for row in rows] for c in ([label_column] if label_column else []) + list(covariates)
-                        if c != site_column}
-    for column, values in covariate_values.items():
-        missing = [i for i, v in enumerate(values) if v == ""]
-        if missing:
-            raise DataError(f"{path} row {table.numbers[missing[0]]}: empty value in covariate column '{column}'")
-    return FeaturesTable(path, matrix, tuple(feature_names), sites, covariate_values, tuple(ignored))
-
-
-def encode_covariates(covariates: dict[str, list[str]]) -> tuple[np.ndarray | None, list[str]]:
-    """Numeric columns as they are, categorical ones one-hot with the first level dropped (ComBat's design)."""
-    blocks, names = [], []
-    for column, values in covariates.items():
-        parsed = [_float(v) for v in values]
-        if all(p is not None and np.isfinite(p) for p in parsed):
-            blocks.append(np.asarray(parsed, dtype=float)[:, None])
-            names.append(column)
-            continue
-        levels = sorted(set(values))
-        for level in levels[1:]:
-            blocks.append((np.asarray(values) == level).astype(float)[:, None])
-            names.append(f"{column}={level}")
-    if not blocks:
-        return None, []
-    return np.hstack(blocks), names
+    feature_names, ignored = table.feature_columns({site_column, label_column, id_column, *covariates})
+    matrix = table.matrix(feature_names)
+    kept = [c for c in dict.fromkeys(([label_column] if label_column else []) + list(covariates)) if c != site_column]
+    design, design_names = design_matrix(table, [Covariate.fit(table, c) for c in kept])
+    return FeaturesTable(table.path, matrix, tuple(feature_names), sites, {c: table.column(c) for c in kept},
+                         tuple(ignored), design, tuple(design_names))
 
 
 @dataclass(frozen=True)
@@ -250,8 +195,8 @@ def run_features_audit(request: FeaturesAuditRequest) -> FeaturesAudit:
     before = site_effects(table.features, table.names, table.sites, **options)
     after, combat_info = None, {}
     if request.combat:
-        covariates, covariate_names = encode_covariates(table.covariates)
-        harmonized = ComBat().fit_transform(table.features, table.sites.tolist(), covariates,
+        covariate_names = list(table.design_names)
+        harmonized = ComBat().fit_transform(table.features, table.sites.tolist(), table.design,
                                             covariate_names=covariate_names)  # names its leakage warnings
         after = site_effects(harmonized, table.names, table.sites, **options)
         combat_info = {"method": "ComBat (parametric empirical Bayes, Johnson et al. 2007)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +26,9 @@ from shiftkit.audit.matrix import MIN_PER_SITE, ShiftMatrix, shift_matrix
 from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.hooks import StageHook, StepHook
 
 MIN_IMAGES_PER_SITE = 10
-HARMONIZE_METHODS = ("resample", "histmatch", "nyul", "zscore", "colour")
 
 
 @dataclass
@@ -108,8 +108,11 @@ def check_request(request: AuditRequest) -> None:
     if request.pca < 0 or request.classifier_pca < 0 or request.batch_size < 1:
         raise ConfigError("--pca and --classifier-pca must be 0 or more and --batch-size at least 1")
     check_image_size(request.image_size)
-    if request.harmonize is not None and request.harmonize not in HARMONIZE_METHODS:
-        raise ConfigError(f"--harmonize '{request.harmonize}' (choose from {', '.join(HARMONIZE_METHODS)})")
+    if request.harmonize is not None:
+        from shiftkit.harmonize.base import methods  # the harmonizer registry: every --method harmonize takes
+
+        if request.harmonize not in methods():
+            raise ConfigError(f"--harmonize '{request.harmonize}' (choose from {', '.join(methods())})")
     if request.reference_site is not None and request.harmonize is None:
         raise ConfigError("--reference-site only applies with --harmonize METHOD")
 
@@ -118,25 +121,13 @@ def subsample_sites(data: AuditTable, limit: int | None, seed: int) -> AuditTabl
     """At most ``limit`` images per site: a seeded subset stratified by label (classes seen once: at random)."""
     if limit is None:
         return data
-    from collections import Counter
-
-    from sklearn.model_selection import train_test_split
+    from shiftkit.data.table import seeded_subset
 
     keep: list[int] = []
     for k, site in enumerate(data.site_names):
         idx = np.flatnonzero(data.sites == site)
-        if len(idx) <= limit:
-            keep.extend(idx.tolist())
-            continue
-        strata = ["|".join(data.table.records[i].labels) for i in idx]
-        counts = Counter(strata)
-        stratify = strata if len(counts) > 1 and min(counts.values()) >= 2 else None
-        try:
-            chosen, _ = train_test_split(idx, train_size=limit, random_state=seed + k, stratify=stratify)
-        except ValueError:  # more classes than kept images: a plain random subset
-            chosen, _ = train_test_split(idx, train_size=limit, random_state=seed + k)
-        keep.extend(np.asarray(chosen).tolist())
-    return data.subset(sorted(keep))
+        keep.extend(idx[seeded_subset(["|".join(data.table.records[i].labels) for i in idx], limit, seed + k)])
+    return data.subset(sorted(int(i) for i in keep))
 
 
 def load(request: AuditRequest) -> AuditTable:
@@ -211,8 +202,8 @@ def _harmonize(request: AuditRequest, data: AuditTable, device, on_stage, on_ste
     return HarmonizedAudit(request.harmonize, reference_name, matrix, coordinates, str(out_dir))
 
 
-def run_audit(request: AuditRequest, on_stage: Callable[[str, int], Callable[[], None]] | None = None,
-              on_step: Callable[[str], None] | None = None) -> ImageAudit:
+def run_audit(request: AuditRequest, on_stage: StageHook | None = None,
+              on_step: StepHook | None = None) -> ImageAudit:
     """The whole image audit; ``on_stage`` gets (description, total) and returns a tick, ``on_step`` a description."""
     from shiftkit.audit.priors import label_shift
     from shiftkit.audit.site_metadata import column_metadata, header_metadata

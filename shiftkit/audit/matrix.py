@@ -17,6 +17,11 @@ correction across pairs, so that one cell is not flagged three times as often as
 
 Sites are ranked by how far they sit from the rest: the leave-one-site-out PAD (site vs all others pooled, classes
 balanced), ties broken by the mean pairwise PAD.
+
+The measures are covariate tests of :mod:`shiftkit.shift.registry` (those registered with ``defaults=("audit", ...)``
+unless named): each reads the array its entry names (``reduced``: the PCA components; ``full``: the full embedding or
+``classifier_inputs``; ``outputs``: the PCA components, an audit has no classifier) and its entry says which of its
+``details`` go into audit.json.
 """
 
 from __future__ import annotations
@@ -29,11 +34,18 @@ import numpy as np
 
 from shiftkit.audit.corrections import DESCRIPTIONS, adjust_p_values
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.shift import registry
 from shiftkit.shift.stats import TestResult
 
-MEASURES = ("mmd", "domain_classifier", "ot")
-MEASURE_NAMES = {"mmd": "MMD²", "domain_classifier": "domain classifier", "ot": "sliced Wasserstein"}
 MIN_PER_SITE = 4  # below this a two-sample test (and 2+ folds per class) means nothing
+
+
+def __getattr__(name: str) -> Any:
+    """``MEASURES``: the tests an audit runs by default, read from the registry when asked (reading it imports the
+    tests, and with them torch, which a features-table audit does not need)."""
+    if name == "MEASURES":
+        return registry.default_tests("audit")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -52,17 +64,20 @@ class Comparison:
     def pad(self) -> float:
         return float(self.tests["domain_classifier"].details["pad"]) if "domain_classifier" in self.tests else float("nan")
 
+    def value(self, measure: str, key: str) -> Any:
+        """One value of one measure: ``statistic``, ``p_value``, ``p_adjusted`` or a key of the test's details."""
+        if key == "p_adjusted":
+            return self.p_adjusted[measure]
+        test = self.tests[measure]
+        return getattr(test, key) if key in ("statistic", "p_value") else test.details[key]
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"a": self.a, "b": self.b, "n_a": self.n_a, "n_b": self.n_b}
         for name, test in self.tests.items():
             entry = {"statistic": test.statistic, "p_value": test.p_value, "p_adjusted": self.p_adjusted[name],
                      "permutations": test.permutations, "seed": test.seed}
-            if name == "domain_classifier":
-                entry.update({k: test.details[k] for k in ("auc", "error", "pad", "pad_ci", "n_used")})
-            elif name == "mmd":
-                entry["bandwidth"] = test.details["bandwidth"]
-            elif name == "ot":
-                entry["projections"] = test.details["projections"]
+            summary = registry.find(name).summary if registry.find(name) is not None else ()
+            entry.update({k: test.details[k] for k in summary if k in test.details})
             out[name] = entry
         out["shifted"] = self.shifted
         return out
@@ -89,18 +104,13 @@ class ShiftMatrix:
         raise KeyError(f"no pair ({a}, {b})")
 
     def grid(self, measure: str, value: str = "statistic") -> np.ndarray:
-        """S x S symmetric array of one measure (``statistic``, ``p_value``, ``p_adjusted`` or ``pad``), NaN on the
-        diagonal, rows and columns in :attr:`sites` order."""
+        """S x S symmetric array of one measure (``statistic``, ``p_value``, ``p_adjusted`` or a numeric key of its
+        details such as the domain classifier's ``pad``), NaN on the diagonal, rows and columns in :attr:`sites`
+        order."""
         index = {s: i for i, s in enumerate(self.sites)}
         out = np.full((len(self.sites), len(self.sites)), np.nan)
         for c in self.pairs:
-            if value == "p_adjusted":
-                v = c.p_adjusted[measure]
-            elif value == "pad":
-                v = c.pad
-            else:
-                v = getattr(c.tests[measure], value)
-            out[index[c.a], index[c.b]] = out[index[c.b], index[c.a]] = v
+            out[index[c.a], index[c.b]] = out[index[c.b], index[c.a]] = float(c.value(measure, value))
         return out
 
     def shifted_pairs(self) -> list[tuple[str, str]]:
@@ -116,8 +126,10 @@ class ShiftMatrix:
         matrices = {}
         for measure in self.measures:
             matrices[measure] = {v: self.grid(measure, v).tolist() for v in ("statistic", "p_value", "p_adjusted")}
-        if "domain_classifier" in self.measures:
-            matrices["pad"] = {"statistic": self.grid("domain_classifier", "pad").tolist()}
+        for measure in self.measures:  # a heatmap of a details value (the domain classifier's PAD): its own matrix
+            entry = registry.find(measure)
+            if entry is not None and entry.heatmap[0] not in ("statistic", "p_value", "p_adjusted"):
+                matrices[entry.heatmap[0]] = {"statistic": self.grid(measure, entry.heatmap[0]).tolist()}
         return {
             "sites": list(self.sites), "counts": self.counts, "measures": list(self.measures),
             "correction": {"method": self.correction, "description": DESCRIPTIONS[self.correction],
@@ -132,19 +144,9 @@ class ShiftMatrix:
 
 
 def _run_tests(x: np.ndarray, y: np.ndarray, x_full: np.ndarray, y_full: np.ndarray, measures: Sequence[str],
-               permutations: int, ot_permutations: int, ot_projections: int, seed: int,
-               device: Any) -> dict[str, TestResult]:
-    from shiftkit.shift.covariate import domain_classifier_test, mmd_test, ot_test
-
-    out: dict[str, TestResult] = {}
-    for name in measures:
-        if name == "mmd":
-            out[name] = mmd_test(x, y, permutations=permutations, seed=seed, device=device)
-        elif name == "ot":
-            out[name] = ot_test(x, y, projections=ot_projections, permutations=ot_permutations, seed=seed)
-        else:
-            out[name] = domain_classifier_test(x_full, y_full, seed=seed)
-    return out
+               settings: registry.TestSettings) -> dict[str, TestResult]:
+    return registry.run_tests(measures, registry.TestInputs(reduced=(x, y), full=(x_full, y_full)), settings,
+                              noun="measure")
 
 
 def _adjusted(raw: list[dict[str, TestResult]], measures: Sequence[str], correction: str) -> list[dict[str, float]]:
@@ -162,7 +164,7 @@ def shift_matrix(
     sites: Sequence[str],
     *,
     pca: int = 32,
-    measures: Sequence[str] = MEASURES,
+    measures: Sequence[str] | None = None,
     permutations: int = 1000,
     ot_permutations: int = 200,
     ot_projections: int = 200,
@@ -174,6 +176,7 @@ def shift_matrix(
     reduced: np.ndarray | None = None,
     classifier_inputs: np.ndarray | None = None,
     on_step: Callable[[str], None] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> ShiftMatrix:
     """Covariate shift between every pair of sites (and each site vs the rest) from one embedding matrix.
 
@@ -183,6 +186,8 @@ def shift_matrix(
     ``reduced``: the caller's own projection of ``embeddings`` (n x k, e.g. one PCA shared with a plot), used
     instead of fitting a PCA here. ``classifier_inputs``: what the domain classifier sees instead of the full
     embedding (e.g. the first 128 principal components, much faster for tens of sites and 1,000+ dimensions).
+    ``measures``: registered covariate tests (default: those registered for the audit); ``options``: per test its
+    own keyword arguments (``ot_permutations`` and ``ot_projections`` are OT's).
     """
     from shiftkit.features import fit_pca
 
@@ -192,9 +197,15 @@ def shift_matrix(
         raise ConfigError(f"embeddings ({x_full.shape}) and sites ({len(labels)}) must have one row per image")
     if not np.all(np.isfinite(x_full)):
         raise DataError("embeddings contain NaN or inf")
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
-        raise ConfigError(f"unknown measure '{unknown[0]}' (choose from {', '.join(MEASURES)})")
+    measures = registry.check_names(registry.default_tests("audit") if measures is None else measures, "measure")
+    test_options = {"ot": {"permutations": ot_permutations, "projections": ot_projections}} if registry.find("ot") else {}
+    for name, own in (options or {}).items():
+        test_options[name] = {**test_options.get(name, {}), **own}
+
+    def settings_for(comparison_seed: int) -> registry.TestSettings:
+        return registry.TestSettings(seed=comparison_seed, permutations=permutations, device=device,
+                                     options=test_options)
+
     if not 0 < alpha < 1:
         raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
     names = tuple(dict.fromkeys(labels.tolist()))  # first-appearance order
@@ -226,8 +237,7 @@ def shift_matrix(
     for k, (a, b) in enumerate(pair_names):
         step(f"pair {k + 1}/{len(pair_names)}: {a} vs {b}")
         ia, ib = rows[a], rows[b]
-        raw.append(_run_tests(low[ia], low[ib], x_full[ia], x_full[ib], measures, permutations, ot_permutations,
-                              ot_projections, seed + k, device))
+        raw.append(_run_tests(low[ia], low[ib], x_full[ia], x_full[ib], measures, settings_for(seed + k)))
     pairs = tuple(
         Comparison(a, b, counts[a], counts[b], tests, adj, _is_shifted(adj, alpha))
         for (a, b), tests, adj in zip(pair_names, raw, _adjusted(raw, measures, correction))
@@ -240,19 +250,19 @@ def shift_matrix(
             step(f"site {k + 1}/{len(names)}: {s} vs the rest")
             inside = labels == s
             raw_loo.append(_run_tests(low[inside], low[~inside], x_full[inside], x_full[~inside], measures,
-                                      permutations, ot_permutations, ot_projections, seed + len(pair_names) + k,
-                                      device))
+                                      settings_for(seed + len(pair_names) + k)))
         loo = tuple(
             Comparison(s, "rest", counts[s], len(labels) - counts[s], tests, adj, _is_shifted(adj, alpha))
             for s, tests, adj in zip(names, raw_loo, _adjusted(raw_loo, measures, correction))
         )
     ranking = _rank(names, pairs, loo)
+    permuting = {t.name: t.permutations(settings_for(seed)) for t in map(registry.get, registry.names()) if t.permutes}
     settings = {"pca": int(low.shape[1]) if (pca or reduced is not None) else None,
                 "embedding_dim": int(np.asarray(embeddings).shape[1]),
                 "classifier_inputs": f"first {classifier_dim} principal components" if classifier_dim else "full embedding",
-                "permutations": {"mmd": permutations, "ot": ot_permutations}, "ot_projections": ot_projections,
+                "permutations": permuting, "ot_projections": ot_projections,
                 "seed": seed,
-                "min_achievable_p": {"mmd": 1.0 / (permutations + 1), "ot": 1.0 / (ot_permutations + 1)}}
+                "min_achievable_p": {name: 1.0 / (count + 1) for name, count in permuting.items()}}
     return ShiftMatrix(names, counts, pairs, loo, ranking, tuple(measures), correction, alpha, settings)
 
 

@@ -67,7 +67,7 @@ def estimated_priors(embeddings: np.ndarray, labels: np.ndarray, sites: np.ndarr
         try:
             with np.errstate(divide="ignore"):  # log(0) of a confident classifier's probability is -inf, as meant
                 classifier = SourceClassifier.fit(embeddings[~inside][keep], rest_labels[keep], present, seed=seed)
-                target_logits = np.maximum(classifier.logits(embeddings[inside]), -100.0)  # finite for EM
+                target_logits = np.maximum(classifier.log_probabilities(embeddings[inside]), -100.0)  # finite for EM
             result = estimate_label_shift(classifier, target_logits, method="em_bcts", bootstrap=bootstrap,
                                           seed=seed, alpha=alpha)
         except ShiftInputError as exc:

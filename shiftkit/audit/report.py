@@ -15,17 +15,23 @@ from rich.table import Table
 
 from shiftkit.audit.features_table import FeaturesAudit
 from shiftkit.audit.images import ImageAudit
-from shiftkit.audit.matrix import MEASURE_NAMES, ShiftMatrix
+from shiftkit.audit.matrix import ShiftMatrix
 from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page
 from shiftkit.report.plots import figure_png
+from shiftkit.shift import registry
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 MAX_SCATTER = 4000
-HEATMAPS = (("mmd", "statistic", "MMD² (PCA embeddings)"), ("domain_classifier", "pad", "PAD = 2(1 − 2ε)"),
-            ("ot", "statistic", "sliced Wasserstein distance"))
+
+
+def heatmap_key(measure: str) -> str:
+    """The figure (and audit.html image) name of a measure's heatmap: the measure, or the details value it shows
+    when that is not the statistic (the domain classifier's heatmap is ``pad``)."""
+    value = registry.shown(measure).heatmap[0]
+    return measure if value == "statistic" else value
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -122,23 +128,36 @@ def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
 # -------------------------------------------------------------------------------------------------- image audit
 
 
-def _matrix_panels(matrix: ShiftMatrix, measure: str, value: str, suffix: str = "") -> tuple:
-    grid = matrix.grid(measure, value)
-    return (f"{MEASURE_NAMES[measure]}{suffix}", grid, matrix.grid(measure, "p_adjusted"))
+def pair_header(matrix: ShiftMatrix) -> list[str]:
+    """The pair table's columns: each measure's own (its registry entry's ``columns``), then its adjusted p."""
+    columns = [header for m in matrix.measures for header in [h for h, _ in registry.shown(m).columns] + ["p adj"]]
+    return ["pair", "n a", "n b", *columns, "shifted"]
 
 
 def _pair_rows(matrix: ShiftMatrix) -> list[list]:
     rows = []
     for c in matrix.pairs:
-        t = c.tests
-        rows.append([f"{c.a} vs {c.b}", c.n_a, c.n_b,
-                     t["mmd"].statistic, t["mmd"].p_value, c.p_adjusted["mmd"],
-                     c.pad, t["domain_classifier"].details["auc"], c.p_adjusted["domain_classifier"],
-                     t["ot"].statistic, t["ot"].p_value, c.p_adjusted["ot"], "yes" if c.shifted else "no"])
+        values = [c.value(m, key) for m in matrix.measures
+                  for key in [k for _, k in registry.shown(m).columns] + ["p_adjusted"]]
+        rows.append([f"{c.a} vs {c.b}", c.n_a, c.n_b, *values, "yes" if c.shifted else "no"])
     return rows
 
 
-PAIR_HEADER = ["pair", "n a", "n b", "MMD²", "p", "p adj", "PAD", "AUC", "p adj", "SW", "p", "p adj", "shifted"]
+def _inputs_note(matrix: ShiftMatrix) -> str:
+    """Which array each measure read, e.g. "MMD² and sliced Wasserstein use ...; the domain classifier uses ..."."""
+    by_input: dict[str, list[str]] = {}
+    for m in matrix.measures:
+        by_input.setdefault(registry.shown(m).input, []).append(registry.shown(m).short)
+    pca = matrix.settings.get("pca")
+    said = {"reduced": f"the first {pca} principal components of all sites' embeddings pooled" if pca
+            else "the embeddings as they are",
+            "full": "the full embedding", "outputs": "them too (an audit has no classifier outputs)"}
+    parts = []
+    for kind, shorts in by_input.items():
+        who = " and ".join(shorts) if len(shorts) < 3 else ", ".join(shorts[:-1]) + " and " + shorts[-1]
+        article = "the " if kind == "full" else ""
+        parts.append(f"{article}{who} use{'s' if len(shorts) == 1 else ''} {said[kind]}")
+    return "; ".join(parts) + "."
 
 
 def outlier_sentence(matrix: ShiftMatrix) -> str:
@@ -160,23 +179,22 @@ def image_html(audit: ImageAudit, figures: dict[str, bytes]) -> str:
     page.paragraph(f"Pairs with covariate shift: {', '.join(f'{a}–{b}' for a, b in shifted) or 'none'} "
                    f"({len(shifted)} of {len(m.pairs)}).")
     page.paragraph(f"Multiple comparisons: {m.correction} over the {len(m.pairs)} pairs for each measure; a pair is "
-                   f"shifted when any measure's adjusted p-value is below {m.alpha} / {len(m.measures)}. MMD and "
-                   f"sliced Wasserstein use the first {m.settings.get('pca')} principal components of all sites' "
-                   "embeddings pooled; the domain classifier uses the full embedding.", "note")
+                   f"shifted when any measure's adjusted p-value is below {m.alpha} / {len(m.measures)}. "
+                   + _inputs_note(m), "note")
     page.heading("Sites ranked by distance from the rest")
     page.table(["rank", "site", "leave-one-out PAD", "shifted vs rest", "mean pairwise PAD", "mean pairwise MMD²",
                 "shifted pairs"],
                [[r["rank"], r["site"], r["loo_pad"], r["loo_shifted"], r["mean_pair_pad"], r["mean_pair_mmd"],
                  r["shifted_pairs"]] for r in m.ranking])
     page.heading("Pairwise covariate shift")
-    page.table(PAIR_HEADER, _pair_rows(m))
-    for key in ("mmd", "pad", "ot"):
+    page.table(pair_header(m), _pair_rows(m))
+    for key in map(heatmap_key, m.measures):
         page.image(figures[f"heatmap_{key}"], f"heatmap {key}")
     page.image(figures["scatter"], "embeddings by site")
     if m.leave_one_out:
         page.heading("Each site against all others pooled")
-        page.table(PAIR_HEADER, _pair_rows(ShiftMatrix(m.sites, m.counts, m.leave_one_out, (), (), m.measures,
-                                                       m.correction, m.alpha)))
+        page.table(pair_header(m), _pair_rows(ShiftMatrix(m.sites, m.counts, m.leave_one_out, (), (), m.measures,
+                                                          m.correction, m.alpha)))
     page.heading("Label shift, P(Y)")
     labels = audit.labels
     if labels is None:
@@ -222,7 +240,7 @@ def image_html(audit: ImageAudit, figures: dict[str, bytes]) -> str:
         page.heading(f"After harmonization ({h.method}, toward {h.reference})")
         before, after = m.shifted_pairs(), h.matrix.shifted_pairs()
         page.paragraph(f"Shifted pairs: {len(before)} before, {len(after)} after. " + outlier_sentence(h.matrix))
-        page.table(PAIR_HEADER, _pair_rows(h.matrix))
+        page.table(pair_header(h.matrix), _pair_rows(h.matrix))
         page.image(figures["scatter_harmonized"], "embeddings after harmonization")
     page.heading("Settings")
     settings = {**m.settings, **audit.settings}
@@ -242,8 +260,9 @@ def image_figures(audit: ImageAudit) -> dict[str, bytes]:
     m, h = audit.matrix, audit.harmonized
     sites = list(m.sites)
     figures = {}
-    for measure, value, title in HEATMAPS:
-        key = "pad" if value == "pad" else measure
+    for measure in m.measures:
+        value, title = registry.shown(measure).heatmap
+        key = heatmap_key(measure)
         panels = [(f"{title}" + (" — before" if h else ""), m.grid(measure, value), m.grid(measure, "p_adjusted"))]
         if h is not None:
             panels.append((f"{title} — after {h.method}", h.matrix.grid(measure, value),
@@ -289,14 +308,15 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
         table = Table(title=f"{title} ({matrix.correction}-adjusted p over {len(matrix.pairs)} pairs)",
                       box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
         table.add_column("pair", overflow="fold")
-        for column in ("MMD²", "p adj", "PAD", "p adj", "SW", "p adj"):
-            table.add_column(column, justify="right", no_wrap=True, min_width=6)
+        entries = [registry.shown(name) for name in matrix.measures]  # each: its first column, then its p adj
+        for entry in entries:
+            for column in (entry.columns[0][0], "p adj"):
+                table.add_column(column, justify="right", no_wrap=True, min_width=6)
         table.add_column("shifted")
         for c in matrix.pairs:
-            t = c.tests
-            table.add_row(escape(f"{c.a}\n{c.b}"), f"{t['mmd'].statistic:.4f}", f"{c.p_adjusted['mmd']:.1g}",
-                          f"{c.pad:.3f}", f"{c.p_adjusted['domain_classifier']:.1g}", f"{t['ot'].statistic:.3f}",
-                          f"{c.p_adjusted['ot']:.1g}", "[bold red]yes[/]" if c.shifted else "[green]no[/]")
+            cells = [text for e in entries for text in (f"{c.value(e.name, e.columns[0][1]):{e.number_format}}",
+                                                        f"{c.p_adjusted[e.name]:.1g}")]
+            table.add_row(escape(f"{c.a}\n{c.b}"), *cells, "[bold red]yes[/]" if c.shifted else "[green]no[/]")
         console.print(table)
     ranking = Table(title="Sites by distance from the rest")
     for column in ("rank", "site", "n", "leave-one-out PAD", "mean pairwise PAD", "shifted pairs"):

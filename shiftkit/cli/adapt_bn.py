@@ -10,7 +10,7 @@ from rich.table import Table
 
 from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
                                  user_errors)
-from shiftkit.cli.progress import make_progress
+from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.harmonize.bn import AdaptBNRequest, run_adapt_bn
 
@@ -58,13 +58,7 @@ def adapt_bn(
         device=device, seed=seed, cache_dir=cache_dir, read_options=read_options,
     )
     with make_progress(err_console) as progress:
-        state = {}
-
-        def on_stage(description: str, total: int) -> None:
-            state["task"] = progress.add_task(description, total=total, status="")
-
-        on_stage.advance = lambda: progress.advance(state["task"])
-        result = run_adapt_bn(request, on_stage=on_stage)
+        result = run_adapt_bn(request, on_stage=StageProgress(progress).stage)
     console.print(_table(result))
     report = Path(result.checkpoint_file).with_suffix(".json") if out.suffix == ".pt" else out / "adaptation.json"
     console.print(f"wrote {result.checkpoint_file} and {report}", markup=False)

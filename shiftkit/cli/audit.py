@@ -10,7 +10,21 @@ import typer
 from shiftkit.cli.common import check_number, console, err_console, output_folder, parse_window, user_errors
 from shiftkit.cli.progress import StageProgress, make_progress
 from shiftkit.data.readers import ReadOptions
+from shiftkit.errors import ConfigError
+from shiftkit.harmonize.base import methods
 from shiftkit.overwrite import refuse_overwriting_inputs
+
+
+def _significance(significance: float | None, alpha: float | None) -> float:
+    """--significance, or its deprecated name --alpha (which means a penalty weight in finetune and compare)."""
+    if alpha is not None and significance is not None:
+        raise ConfigError("give --significance only (--alpha is its deprecated name)")
+    if alpha is not None:
+        check_number(alpha, "--alpha", above=0, below=1)
+        err_console.print("note: audit --alpha is deprecated; use --significance", highlight=False)
+        return alpha
+    check_number(significance, "--significance", above=0, below=1)
+    return 0.05 if significance is None else significance
 
 
 @user_errors
@@ -38,9 +52,10 @@ def audit(
     ot_permutations: int = typer.Option(200, help="Permutations for sliced-Wasserstein p-values."),
     bootstrap: int = typer.Option(100, help="Bootstrap resamples for the estimated priors."),
     correction: str = typer.Option("bh", help="Multiple-comparison correction over pairs (features): bh, holm or bonferroni."),
-    alpha: float = typer.Option(0.05, help="Significance level after correction."),
+    significance: Optional[float] = typer.Option(None, "--significance", help="Significance level after correction (default 0.05)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", hidden=True, help="Deprecated name of --significance."),
     leave_one_out: bool = typer.Option(True, "--leave-one-out/--no-leave-one-out", help="Also test each site against all others pooled."),
-    harmonize: Optional[str] = typer.Option(None, help="Harmonize every site (resample, histmatch, nyul, zscore, colour) and recompute the matrix."),
+    harmonize: Optional[str] = typer.Option(None, help=f"Harmonize every site ({', '.join(methods())}) and recompute the matrix."),
     reference_site: Optional[str] = typer.Option(None, help="With --harmonize: harmonize toward this site instead of all sites pooled."),
     seed: int = typer.Option(0, help="Seed for subsampling, permutations, cross-validation and bootstrap."),
     window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
@@ -48,7 +63,7 @@ def audit(
 ) -> None:
     """Audit sites: pairwise covariate and label shift, metadata, outlier sites (images), or per-feature site
     effects before and after ComBat (--features-table)."""
-    check_number(alpha, "--alpha", above=0, below=1)
+    alpha = _significance(significance, alpha)
     check_number(dominance, "--dominance", minimum=0, maximum=1)
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
     refuse_overwriting_inputs(out, [out / "audit.json", out / "audit.html"],

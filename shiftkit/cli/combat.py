@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.cli.common import console, err_console, output_folder, user_errors
-from shiftkit.harmonize.combat import DEFAULT_EXCLUDE, CombatRequest, LeakageWarning, run_combat
+from shiftkit.data.feature_table import IGNORED_PATTERNS
+from shiftkit.harmonize.combat import CombatRequest, LeakageWarning, run_combat
 from shiftkit.io import write_json
 
 
@@ -23,7 +24,7 @@ def combat(
     covariates: Optional[str] = typer.Option(None, help="Biological covariates to preserve, comma-separated (age,sex); text columns are one-hot encoded; force with name:cat or name:num."),
     reference_site: Optional[str] = typer.Option(None, help="Map the other sites onto this one; its rows stay unchanged (M-ComBat)."),
     apply: Optional[Path] = typer.Option(None, help="Re-apply a saved model (OUT.combat.json/.npz) to new rows from its sites instead of fitting."),
-    exclude: Optional[str] = typer.Option(None, help=f"More columns to leave alone, comma-separated (fnmatch patterns); {', '.join(DEFAULT_EXCLUDE)} always are."),
+    exclude: Optional[str] = typer.Option(None, help=f"More columns to leave alone, comma-separated (fnmatch patterns); {', '.join(IGNORED_PATTERNS)} always are."),
     label_column: Optional[str] = typer.Option(None, help="The outcome column: left alone, and checked for leakage against the covariates."),
     eb: bool = typer.Option(True, "--eb/--no-eb", help="Empirical Bayes shrinkage of the site estimates."),
     parametric: bool = typer.Option(True, "--parametric/--non-parametric", help="Parametric or non-parametric EB priors."),

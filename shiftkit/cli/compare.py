@@ -11,15 +11,17 @@ from rich.table import Table
 
 from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
                                  user_errors)
-from shiftkit.cli.options import (AlphaOption, BetaOption, ClassWeightOption, LpSolverOption, ProtocolOption,
-                                  RgnWeightDecayOption, SpUpdateOption, training_settings)
+from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, MonitorOption,
+                                  PatienceOption, SliceOption, ValOption, WindowOption, hyperparameter_options,
+                                  training_settings)
 from shiftkit.cli.progress import make_progress
-from shiftkit.io import LOCK_NAME
 from shiftkit.compare.grid import (
     CompareSettings,
+    check_settings,
     finetune_run,
     parse_archs,
     parse_lrs,
+    parse_metrics,
     parse_shard,
     parse_strategies,
     plan_grid,
@@ -27,16 +29,16 @@ from shiftkit.compare.grid import (
     run_grid,
     shard_plan,
 )
+from shiftkit.compare.ranking import recommender_ranking
 from shiftkit.compare.report import write_compare_report, write_search_report
 from shiftkit.compare.search import Arm, check_budgets, finetune_arms, rung_budgets, successive_halving
 from shiftkit.compare.tables import CompareTable, build_table, format_cell
-from shiftkit.data.preprocess import check_image_size
+from shiftkit.compare.versus_grid import grid_comparison
 from shiftkit.data.readers import ReadOptions
-from shiftkit.errors import ConfigError, ShiftkitError
-from shiftkit.finetune.metrics import METRICS
-from shiftkit.finetune.run import VAL_FRACTION
-from shiftkit.finetune.strategies import STRATEGIES
-from shiftkit.finetune.trainer import resolve_device
+from shiftkit.errors import ConfigError
+from shiftkit.finetune.config import TrainConfig
+from shiftkit.finetune.strategies import STRATEGY_CLASSES
+from shiftkit.io import LOCK_NAME
 from shiftkit.overwrite import refuse_overwriting_inputs
 
 
@@ -63,8 +65,9 @@ class GridProgress:
         self.task = self.progress.add_task(description, total=total, status=status)
 
     # image decoding (run_finetune's on_stage)
-    def __call__(self, description: str, total: int) -> None:
+    def __call__(self, description: str, total: int):  # a StageHook (shiftkit.hooks): returns the tick
         self._replace(f"  {description}", total)
+        return self.advance
 
     def advance(self) -> None:
         self.progress.advance(self.task)
@@ -80,46 +83,6 @@ class GridProgress:
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
-
-
-def _split_metrics(text: Optional[str]) -> list[str]:
-    if text is None:
-        return list(METRICS)
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
-    if not names or unknown:
-        raise ConfigError(f"--metrics '{text}': choose among {', '.join(METRICS)}")
-    return names
-
-
-def _check(settings: CompareSettings, seeds: int) -> None:
-    if settings.epochs < 1 or settings.batch_size < 1 or settings.patience < 1 or seeds < 1:
-        raise ConfigError("--epochs, --batch-size, --patience and --seeds must be at least 1")
-    check_image_size(settings.image_size)  # the one rule (shiftkit.data.preprocess) every command uses
-    if settings.monitor != "auto" and settings.monitor not in METRICS:
-        raise ConfigError(f"unknown --monitor '{settings.monitor}' (choose auto, {', '.join(METRICS)})")
-    settings.strategy_config().validate()
-    resolve_device(settings.device)
-    for path in (settings.data, settings.val, settings.test):
-        if path is not None and not path.exists():
-            raise ConfigError(f"{path}: not found")
-
-
-def recommender_ranking(settings: CompareSettings, arch: str) -> tuple[list[str], str]:
-    """The recommender's ranking of strategies for this data and architecture, best first (the registry's
-    order when ``shiftkit.recommend`` is not installed)."""
-    try:
-        from shiftkit.recommend.recommender import ShiftFacts, recommend
-    except ImportError:
-        return list(STRATEGIES), "registry order (shiftkit.recommend.recommender is not available)"
-    from shiftkit.data.table import load_table
-
-    table = load_table(settings.data)
-    counts = [c for c in table.class_counts().values() if c > 0]
-    train_size = len(table) if settings.val is not None else int(round(len(table) * (1 - VAL_FRACTION)))
-    facts = ShiftFacts(train_size=train_size, num_classes=len(table.classes),
-                       imbalance=max(counts) / min(counts) if counts else 1.0, multilabel=table.multilabel)
-    return [item.strategy for item in recommend(facts, arch).ranking], "recommender"
 
 
 def _rich_table(table: CompareTable) -> Table:
@@ -181,51 +144,7 @@ def _grid(settings, plan, out, shard, report_only, metrics, archs, strategies, s
     console.print(f"wrote {out / 'compare.md'}, compare.json, compare.html and plots/", markup=False)
 
 
-def _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, search_seed: int) -> dict:
-    """How the search's winner fares in the full grid recorded in ``out`` (if any), and the cost ratio."""
-    plan = plan_grid([arch], strategies, lrs, range(seeds))
-    try:
-        outcome = recorded(plan, settings, out)
-    except ShiftkitError:  # no grid in this folder
-        outcome = None
-    upper = len(plan) * settings.epochs
-    if outcome is None or not outcome.records:
-        return {"grid_recorded": False, "grid_epochs_upper_bound": upper,
-                "cost_fraction_of_upper_bound": result.epochs_run / upper}
-    table = build_table(outcome.records, metrics, archs=[arch], strategies=strategies)
-    main = table.main_metric
-    ordered = sorted((s for s in strategies if table.value(s, arch, main) is not None),
-                     key=lambda s: -table.value(s, arch, main))
-    winner = table.winner(arch)
-    found = result.winner.strategy
-    grid_epochs = sum(r["epochs_run"] for r in outcome.records)
-    # The search trains one seed; the grid trains every seed. Report both ratios, so neither flatters it.
-    seed_epochs = sum(r["epochs_run"] for r in outcome.records if r["seed"] == search_seed)
-    winner_value, found_value = table.value(winner, arch, main), table.value(found, arch, main)
-    val_means = {s: c["val_means"][f"{c['lr']:g}"] for (a, s), c in table.chosen.items() if a == arch}
-    val_winner = max((s for s in strategies if val_means.get(s) is not None), key=val_means.get, default=None)
-    return {
-        "grid_recorded": True,
-        "grid_complete": not outcome.missing,
-        "grid_winner": winner,
-        "grid_winner_by_validation": val_winner,
-        "found_grid_winner": found == winner,
-        "search_winner_rank_in_grid": ordered.index(found) + 1 if found in ordered else None,
-        "metric": f"{table.split} {main}",
-        "grid_winner_value": winner_value,
-        "search_winner_value": found_value,
-        "gap": winner_value - found_value if None not in (winner_value, found_value) else None,
-        "grid_epochs": grid_epochs,
-        "cost_fraction": result.epochs_run / grid_epochs if grid_epochs else None,
-        "grid_epochs_search_seed": seed_epochs,
-        "cost_fraction_of_one_seed": result.epochs_run / seed_epochs if seed_epochs else None,
-        "grid_wall_seconds": sum(r["seconds"] for r in outcome.records),
-    }
-
-
 def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets, max_arms, seed) -> None:
-    from shiftkit.compare.grid import check_settings
-
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
     report = {"settings": settings.identity(), "seed": seed, "archs": {}}
@@ -251,7 +170,7 @@ def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets,
                 progress.console.print(f"rung {index + 1}/{len(rungs)}: {n} arms to {budget} epochs")
 
             result = successive_halving(arms, tracked, rungs, eta, ranking, max_arms, on_rung=on_rung)
-        comparison = _grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, seed)
+        comparison = grid_comparison(settings, out, arch, strategies, lrs, seeds, metrics, result, seed)
         report["archs"][arch] = {**result.to_dict(), "ranking_source": source, "comparison": comparison}
         console.print(f"{arch}: search winner [bold]{result.winner.label()}[/] after {result.epochs_run} epochs "
                       f"({result.wall_seconds:.0f} s)")
@@ -271,36 +190,28 @@ def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets,
 
 
 @user_errors
+@hyperparameter_options
 def compare(
     data: Path = typer.Argument(..., help="Training data: class folders or a CSV manifest."),
     out: Path = typer.Option(..., "--out", help="Output folder: runs.jsonl, runs/, compare.md/.json/.html, plots/."),
-    strategies: str = typer.Option("all", help=f"all, or a comma-separated list of {', '.join(STRATEGIES)}."),
+    strategies: str = typer.Option("all", help=f"all, or a comma-separated list of {', '.join(STRATEGY_CLASSES)}."),
     archs: str = typer.Option("resnet50", help="Comma-separated architectures (resnet50, densenet121, vgg19, resnet18, efficientnet_lite0)."),
     lrs: str = typer.Option("1e-3,1e-4,1e-5", help="Comma-separated learning rates; the best per strategy is chosen on validation."),
     seeds: int = typer.Option(3, help="Seeds per cell: 0 .. SEEDS-1."),
-    val: Optional[Path] = typer.Option(None, help="Validation data; default: a stratified 20% split of DATA per seed."),
+    val: ValOption = None,
     test: Optional[Path] = typer.Option(None, help="Test data (reported in the table); without it, the table reports validation."),
     weights: str = typer.Option("imagenet", help="imagenet, a path to a state dict, or none."),
-    epochs: int = typer.Option(50, help="Maximum epochs per run (the paper: 50)."),
-    patience: int = typer.Option(5, help="Early stopping patience (the paper: 5)."),
-    batch_size: int = typer.Option(64, help="Batch size (the paper: 64)."),
-    image_size: Optional[int] = typer.Option(None, help="Crop size (default 224); smaller trains faster on a CPU."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Disk cache for decoded images, shared by all runs."),
-    monitor: str = typer.Option("auto", help="Validation metric for early stopping and choosing the lr: auto, map, accuracy, auroc, kappa, f1."),
+    epochs: int = typer.Option(TrainConfig.epochs, help="Maximum epochs per run (the paper: 50)."),
+    patience: PatienceOption = TrainConfig.patience,
+    batch_size: BatchSizeOption = TrainConfig.batch_size,
+    image_size: ImageSizeOption = None,
+    device: DeviceOption = TrainConfig.device,
+    cache_dir: CacheDirOption = None,
+    monitor: MonitorOption = TrainConfig.monitor,
     metrics: Optional[str] = typer.Option(None, help="Table columns per architecture (default: map,accuracy,auroc,kappa,f1)."),
-    epochs_per_block: Optional[int] = typer.Option(None, help="g_lf/g_fl: epochs per unfrozen block."),
-    lp_epochs: int = typer.Option(5, help="lp_ft: epochs of linear probing first."),
-    protocol: ProtocolOption = "shiftkit",
-    lp_solver: LpSolverOption = None,
-    class_weight: ClassWeightOption = None,
-    sp_update: SpUpdateOption = None,
-    alpha: AlphaOption = None,
-    beta: BetaOption = None,
-    rgn_batches: int = typer.Option(5, help="auto_rgn: batches per epoch for the relative gradient norms."),
-    rgn_weight_decay: RgnWeightDecayOption = 1e-4,
-    window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
-    slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes."),
+    hyperparameters: dict = None,  # --epochs-per-block ... --rgn-weight-decay: cli.options.HYPERPARAMETERS
+    window: WindowOption = None,
+    slice_index: SliceOption = None,
     shard: Optional[str] = typer.Option(None, help="I/N: run only shard I (0-based) of N; e.g. --shard $SLURM_ARRAY_TASK_ID/N."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: merge the recorded runs (all shards) into the tables."),
     search: bool = typer.Option(False, "--search", help="Successive halving over (strategy, lr) instead of the full grid."),
@@ -310,10 +221,9 @@ def compare(
     search_seed: int = typer.Option(0, help="--search: the seed of the search's runs."),
 ) -> None:
     """Compare fine-tuning strategies as the paper does (best lr on validation, mean (SE) over seeds)."""
-    for value, option in ((alpha, "--alpha"), (beta, "--beta"), (rgn_weight_decay, "--rgn-weight-decay")):
-        if value is not None:
-            check_number(value, option, minimum=0)
-    train_settings, strategy_settings = training_settings(protocol, lp_solver, class_weight, sp_update, alpha, beta)
+    for name, option in (("alpha", "--alpha"), ("beta", "--beta"), ("rgn_weight_decay", "--rgn-weight-decay")):
+        check_number(hyperparameters[name], option, minimum=0)
+    train_settings, strategy_config = training_settings(hyperparameters)
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
     strategy_list, arch_list, lr_list = parse_strategies(strategies), parse_archs(archs), parse_lrs(lrs)
     for lr in lr_list:
@@ -326,14 +236,14 @@ def compare(
     # shards of one grid run at once into one folder (each appends to its own runs file): one lock per shard
     out = output_folder(out, lock_name=f".shiftkit-shard-{shard_spec[0]}-of-{shard_spec[1]}.lock" if shard_spec
                         else LOCK_NAME)
-    metric_list = _split_metrics(metrics)
+    metric_list = parse_metrics(metrics)
     settings = CompareSettings(
-        data=data, val=val, test=test, weights=weights, epochs=epochs, patience=patience, batch_size=batch_size,
-        image_size=image_size, monitor=monitor, epochs_per_block=epochs_per_block, lp_epochs=lp_epochs,
-        rgn_batches=rgn_batches, rgn_weight_decay=rgn_weight_decay, **train_settings, **strategy_settings,
-        read_options=read_options, device=device, cache_dir=cache_dir,
+        data=data, val=val, test=test, weights=weights, image_size=image_size, read_options=read_options,
+        cache_dir=cache_dir, strategy=strategy_config,
+        train=TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, monitor=monitor, device=device,
+                          **train_settings),
     )
-    _check(settings, seeds)
+    settings.check(seeds)
     if search:
         if shard_spec is not None or report_only:
             raise ConfigError("--search runs on one machine: leave out --shard and --report-only")

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from shiftkit.cli.common import (console, err_console, output_folder, parse_window, previous_run, user_errors,
                                  warn_skipped)
-from shiftkit.cli.options import (AlphaOption, BetaOption, ClassWeightOption, LpSolverOption, ProtocolOption,
-                                  RgnWeightDecayOption, SpUpdateOption, training_settings)
+from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, MonitorOption,
+                                  PatienceOption, SliceOption, ValOption, WindowOption, hyperparameter_options,
+                                  training_settings)
 from shiftkit.cli.progress import EpochProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.synthetic import write_dataset
@@ -19,10 +20,11 @@ from shiftkit.errors import ConfigError
 from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig, check_strategy_name
-from shiftkit.finetune.trainer import TrainConfig
+from shiftkit.finetune.config import TrainConfig
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, check_strategy_name
 
-DEFAULTS = {"arch": "resnet50", "epochs": 50, "image_size": None, "lr": 1e-4, "weights": "imagenet"}
+DEFAULTS = {"arch": "resnet50", "epochs": TrainConfig.epochs, "image_size": None, "lr": TrainConfig.lr,
+            "weights": "imagenet"}
 # --demo: real ImageNet weights that install offline (EfficientNet-Lite0), small images, a short run.
 DEMO_DEFAULTS = {"arch": "efficientnet_lite0", "epochs": 4, "image_size": 64, "lr": 1e-3, "weights": "imagenet"}
 
@@ -44,35 +46,27 @@ def _results_table(result: dict) -> Table:
 
 
 @user_errors
+@hyperparameter_options
 def finetune(
     data: Optional[Path] = typer.Argument(None, help="Class folders, or a CSV manifest (path,label[,site][,spacing])."),
     out: Path = typer.Option(..., "--out", help="Output folder: metrics.json, checkpoints/."),
-    strategy: str = typer.Option("ft", help=f"One of: {', '.join(STRATEGIES)}."),
+    strategy: str = typer.Option("ft", help=f"One of: {', '.join(STRATEGY_CLASSES)}."),
     arch: Optional[str] = typer.Option(None, help="resnet50 (default), densenet121, vgg19, resnet18, efficientnet_lite0."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default), a path to a state dict, or none."),
-    val: Optional[Path] = typer.Option(None, help="Validation data; default: a stratified 20% split of DATA."),
+    val: ValOption = None,
     test: Optional[Path] = typer.Option(None, help="Test data, evaluated once with the best checkpoint."),
     lr: Optional[float] = typer.Option(None, help="Base learning rate (Adam). Default 1e-4."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs. Default 50."),
-    batch_size: int = typer.Option(64, help="Batch size."),
-    patience: int = typer.Option(5, help="Early stopping: epochs without validation improvement."),
+    batch_size: BatchSizeOption = TrainConfig.batch_size,
+    patience: PatienceOption = TrainConfig.patience,
     seed: int = typer.Option(0, help="Random seed (split, head initialisation, batch order)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    image_size: Optional[int] = typer.Option(None, help="Crop size (default 224, as the paper); smaller trains faster on a CPU."),
-    monitor: str = typer.Option("auto", help="Validation metric for early stopping and the best checkpoint: auto (mAP for multi-label, AUROC otherwise), map, accuracy, auroc, kappa, f1."),
-    epochs_per_block: Optional[int] = typer.Option(None, help="g_lf/g_fl: epochs per unfrozen block (default epochs // blocks)."),
-    lp_epochs: int = typer.Option(5, help="lp_ft: epochs of linear probing before all layers train."),
-    protocol: ProtocolOption = "shiftkit",
-    lp_solver: LpSolverOption = None,
-    class_weight: ClassWeightOption = None,
-    sp_update: SpUpdateOption = None,
-    alpha: AlphaOption = None,
-    beta: BetaOption = None,
-    rgn_batches: int = typer.Option(5, help="auto_rgn: batches per epoch for the relative gradient norms."),
-    rgn_weight_decay: RgnWeightDecayOption = 1e-4,
-    window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images (default: 0.5-99.5th percentile per image)."),
-    slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: the middle one)."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Disk cache for decoded, resized images (reused across runs)."),
+    device: DeviceOption = TrainConfig.device,
+    image_size: ImageSizeOption = None,
+    monitor: MonitorOption = TrainConfig.monitor,
+    hyperparameters: dict = None,  # --epochs-per-block ... --rgn-weight-decay: cli.options.HYPERPARAMETERS
+    window: WindowOption = None,
+    slice_index: SliceOption = None,
+    cache_dir: CacheDirOption = None,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/checkpoints/last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in OUT (its metrics.json and checkpoints/) instead of refusing."),
     on_bad_image: str = typer.Option("fail", help="fail: an unreadable image stops the run (before training); skip: leave it out and list it in metrics.json (skipped_images)."),
@@ -92,7 +86,7 @@ def finetune(
     if ctx.is_main:
         previous_run(out, resume, overwrite)
     check_strategy_name(strategy)  # before --demo writes any data
-    train_settings, strategy_settings = training_settings(protocol, lp_solver, class_weight, sp_update, alpha, beta)
+    train_settings, strategy_config = training_settings(hyperparameters)
     defaults = DEMO_DEFAULTS if demo else DEFAULTS
     if demo:
         if data is not None:
@@ -124,8 +118,7 @@ def finetune(
             patience=patience, seed=seed, device=device, monitor=monitor, num_workers=workers,
             precision=precision, **train_settings,
         ),
-        strategy=StrategyConfig(epochs_per_block=epochs_per_block, lp_epochs=lp_epochs, rgn_batches=rgn_batches,
-                                rgn_weight_decay=rgn_weight_decay, **strategy_settings),
+        strategy=strategy_config,
     )
     if not ctx.is_main:  # other ranks train silently; rank 0 shows progress and writes the files
         run_finetune(request)

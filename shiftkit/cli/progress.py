@@ -1,9 +1,12 @@
-"""Rich progress for long work: one bar per epoch, plus a bar for decoding images."""
+"""Rich progress for long work: the hooks of :mod:`shiftkit.hooks` drawn as bars (one per epoch, one per stage)."""
 
 from __future__ import annotations
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from shiftkit.finetune.early_stopping import monitored_value
+from shiftkit.hooks import Tick
 
 
 def make_progress(console) -> Progress:
@@ -20,7 +23,8 @@ def make_progress(console) -> Progress:
 
 
 class EpochProgress:
-    """Implements the trainer's callback and the data-warming stage callback on a rich Progress."""
+    """A :class:`~shiftkit.hooks.TrainerCallback` and a :class:`~shiftkit.hooks.StageHook` (image decoding)
+    on a rich Progress: the bar of the stage or epoch running now, and one log line per finished epoch."""
 
     def __init__(self, progress: Progress, epochs: int) -> None:
         self.progress = progress
@@ -28,8 +32,9 @@ class EpochProgress:
         self.task = None
 
     # data warming
-    def __call__(self, description: str, total: int) -> None:
+    def __call__(self, description: str, total: int) -> Tick:
         self.task = self.progress.add_task(escape(description), total=total, status="")
+        return self.advance
 
     def advance(self) -> None:
         self.progress.advance(self.task)
@@ -45,7 +50,7 @@ class EpochProgress:
 
     def on_epoch_end(self, entry: dict) -> None:
         monitored = entry["monitor"]
-        value = entry["val"].get(monitored) if monitored != "val_loss" else entry["val_loss"]
+        value = monitored_value(monitored, entry["val"], entry["val_loss"])
         status = f"loss {entry['train_loss']:.4f}  val {monitored} {value:.4f}" if value is not None else ""
         if "stage" in entry:
             status += f"  stage {entry['stage']}"
@@ -57,14 +62,15 @@ class EpochProgress:
 
 
 class StageProgress:
-    """The library's two progress hooks on a rich Progress: ``stage`` (a bar of known length; returns its
-    ``advance``) and ``step`` (a spinner naming what runs now, replacing the previous one)."""
+    """The library's two progress hooks on a rich Progress: ``stage`` (a :class:`~shiftkit.hooks.StageHook`:
+    a bar of known length, returns its tick) and ``step`` (a :class:`~shiftkit.hooks.StepHook`: a spinner
+    naming what runs now, replacing the previous one)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self._step = None
 
-    def stage(self, description: str, total: int):
+    def stage(self, description: str, total: int) -> Tick:
         task = self.progress.add_task(escape(description), total=total or None, status="")  # may name a site
         return lambda: self.progress.advance(task)
 

@@ -3,10 +3,11 @@
 Each finished run appends one JSON line to a ``runs*.jsonl`` file in one ``write`` call, then flushes and
 fsyncs it, so a killed process leaves at most a torn last line; that line is ignored when read and cut off
 before the next append. A run's identity is its arch, strategy, learning rate and seed plus a fingerprint of
-everything else that decides its numbers (the data files' content, weights, epochs, patience, batch size,
-image size, strategy options): a folder whose runs were made with other settings is refused, never silently
-reused. With ``--shard I/N`` each machine takes every N-th run of the canonical plan and appends to its own
-``runs-shard-I-of-N.jsonl``; reading merges every ``runs*.jsonl`` in the folder.
+everything else that decides its numbers (the data files' content, weights, image size, and every field of the
+embedded ``TrainConfig`` and ``StrategyConfig`` but those that only change speed): a folder whose runs were made
+with other settings is refused, never silently reused. With ``--shard I/N`` each machine takes every N-th run of
+the canonical plan and appends to its own ``runs-shard-I-of-N.jsonl``; reading merges every ``runs*.jsonl`` in
+the folder.
 """
 
 from __future__ import annotations
@@ -15,82 +16,94 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from shiftkit.data.preprocess import check_image_size
+from shiftkit.data.readers import ReadOptions
+from shiftkit.device import resolve_device
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.finetune.config import SPEED_ONLY, TrainConfig
 from shiftkit.finetune.metrics import METRICS
-from shiftkit.finetune.strategies import STRATEGIES, StrategyConfig, check_strategy_name
-from shiftkit.finetune.trainer import TrainConfig
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, StrategyConfig, check_strategy_name
 from shiftkit.io import write_json
 from shiftkit.models.registry import ARCHITECTURES
-from shiftkit.data.readers import ReadOptions
 
 RUNS_FILE = "runs.jsonl"
 SETTINGS_FILE = "settings.json"
 
 
 # -- what a grid is ----------------------------------------------------------------------------------------
+PER_RUN = ("strategy", "lr", "seed")
+"""TrainConfig fields each run sets from its RunSpec (in its run id, not in the grid's fingerprint)."""
+NOT_IN_FINGERPRINT = (*PER_RUN, *SPEED_ONLY, "cache_features")
+"""TrainConfig fields left out of a grid's identity: each run's own, and those that change only speed (features of
+a frozen backbone cached or recomputed give the same numbers; identities recorded before left it out too)."""
+
+
 @dataclass(frozen=True)
 class CompareSettings:
-    """Everything shared by the runs of one grid; all but ``device`` and ``cache_dir`` decide the numbers."""
+    """Everything shared by the runs of one grid: the data, and the ``TrainConfig`` and ``StrategyConfig`` every run
+    uses (``train``'s strategy, lr and seed are each run's, from its :class:`RunSpec`). Every field decides the
+    numbers, and so is in :meth:`identity`, but ``cache_dir`` and the fields named in ``NOT_IN_FINGERPRINT``."""
 
     data: Path
     val: Path | None = None
     test: Path | None = None
     weights: str = "imagenet"
-    epochs: int = 50
-    patience: int = 5
-    batch_size: int = 64
     image_size: int | None = None
-    monitor: str = "auto"
-    epochs_per_block: int | None = None
-    lp_epochs: int = 5
-    alpha: float | None = None  # None: the strategy's default for sp_update (strategies.SP_DEFAULTS)
-    beta: float | None = None
-    rgn_batches: int = 5
-    rgn_weight_decay: float = 1e-4
-    protocol: str = "shiftkit"
-    lp_solver: str = "lbfgs"
-    class_weight: str = "balanced"
-    sp_update: str = "decoupled"
     read_options: ReadOptions = field(default_factory=ReadOptions)
-    device: str = "auto"
     cache_dir: Path | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    @property
+    def epochs(self) -> int:
+        """The most epochs any run trains (``train.epochs``)."""
+        return self.train.epochs
 
     def identity(self) -> dict:
-        """The settings that decide a run's numbers, with the data files named by path and content."""
-        return {
-            "data": _data_identity(self.data),
-            "val": _data_identity(self.val) if self.val else None,
-            "test": _data_identity(self.test) if self.test else None,
-            "weights": _data_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights,
-            "epochs": self.epochs,
-            "patience": self.patience,
-            "batch_size": self.batch_size,
-            "image_size": self.image_size,
-            "monitor": self.monitor,
-            "epochs_per_block": self.epochs_per_block,
-            "lp_epochs": self.lp_epochs,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "rgn_batches": self.rgn_batches,
-            "rgn_weight_decay": self.rgn_weight_decay,
-            "protocol": self.protocol,
-            "lp_solver": self.lp_solver,
-            "class_weight": self.class_weight,
-            "sp_update": self.sp_update,
-            "read_options": self.read_options.key(),
-        }
+        """The settings that decide a run's numbers, with the data files named by path and content. Derived from
+        the configs' fields, so a new hyperparameter is part of it (and refuses a folder recorded without it)."""
+        train = {f.name: getattr(self.train, f.name) for f in fields(self.train) if f.name not in NOT_IN_FINGERPRINT}
+        parts = (
+            {
+                "data": _data_identity(self.data),
+                "val": _data_identity(self.val) if self.val else None,
+                "test": _data_identity(self.test) if self.test else None,
+                "weights": _data_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights,
+                "image_size": self.image_size,
+                "read_options": self.read_options.key(),
+            },
+            train,
+            asdict(self.strategy),
+        )
+        identity = {k: v for part in parts for k, v in part.items()}
+        if len(identity) != sum(map(len, parts)):  # a config field named like another: one would hide the other
+            raise ValueError(f"CompareSettings.identity: a name is used twice in {[sorted(p) for p in parts]}")
+        return identity
 
-    def strategy_config(self) -> StrategyConfig:
-        return StrategyConfig(epochs_per_block=self.epochs_per_block, lp_epochs=self.lp_epochs, alpha=self.alpha,
-                              beta=self.beta, sp_update=self.sp_update, rgn_batches=self.rgn_batches,
-                              rgn_weight_decay=self.rgn_weight_decay)
+    def run_config(self, spec: RunSpec) -> TrainConfig:
+        """The ``TrainConfig`` of one run of the grid."""
+        return replace(self.train, strategy=spec.strategy, lr=spec.lr, seed=spec.seed)
 
     def fingerprint(self) -> str:
         return _sha1(json.dumps(self.identity(), sort_keys=True))[:16]
+
+    def check(self, seeds: int) -> None:
+        """The options' one-line errors, before any run starts (the paths must exist: they are fingerprinted)."""
+        cfg = self.train
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1 or seeds < 1:
+            raise ConfigError("--epochs, --batch-size, --patience and --seeds must be at least 1")
+        check_image_size(self.image_size)  # the one rule (shiftkit.data.preprocess) every command uses
+        if cfg.monitor != "auto" and cfg.monitor not in METRICS:
+            raise ConfigError(f"unknown --monitor '{cfg.monitor}' (choose auto, {', '.join(METRICS)})")
+        self.strategy.validate()
+        resolve_device(cfg.device)
+        for path in (self.data, self.val, self.test):
+            if path is not None and not path.exists():
+                raise ConfigError(f"{path}: not found")
 
 
 def _sha1(text: str | bytes) -> str:
@@ -135,7 +148,7 @@ class RunSpec:
 def parse_strategies(text: str) -> list[str]:
     """``all`` or a comma-separated list of strategy codes, in the registry's order when ``all``."""
     if text.strip() == "all":
-        return list(STRATEGIES)
+        return list(STRATEGY_CLASSES)
     names = _split_list(text, "--strategies")
     for name in names:
         check_strategy_name(name)
@@ -163,6 +176,17 @@ def parse_lrs(text: str) -> list[float]:
             raise ConfigError(f"--lrs: '{item}' repeats a learning rate (or equals one to 6 significant digits)")
         values.append(value)
     return values
+
+
+def parse_metrics(text: str | None) -> list[str]:
+    """The table's columns: a comma-separated list of metric names (default: all of ``METRICS``)."""
+    if text is None:
+        return list(METRICS)
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise ConfigError(f"--metrics '{text}': choose among {', '.join(METRICS)}")
+    return names
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -303,12 +327,7 @@ def finetune_run(spec: RunSpec, settings: CompareSettings, folder: Path, callbac
     request = FinetuneRequest(
         data=settings.data, val=settings.val, test=settings.test, out=folder, arch=spec.arch,
         weights=settings.weights, image_size=settings.image_size, cache_dir=settings.cache_dir,
-        resume=True, read_options=settings.read_options,
-        train=TrainConfig(strategy=spec.strategy, lr=spec.lr, epochs=settings.epochs,
-                          batch_size=settings.batch_size, patience=settings.patience, seed=spec.seed,
-                          device=settings.device, monitor=settings.monitor, protocol=settings.protocol,
-                          lp_solver=settings.lp_solver, class_weight=settings.class_weight),
-        strategy=settings.strategy_config(),
+        resume=True, read_options=settings.read_options, train=settings.run_config(spec), strategy=settings.strategy,
     )
     return run_finetune(request, callback=callback, on_stage=on_stage)
 

@@ -5,6 +5,8 @@ Every arm trains for the first rung's budget (epochs); the best 1/η by validati
 larger budget, and so on until the last rung. An arm's runs are all configured for the *full* number of
 epochs (so a staged strategy's schedule is the grid's) and simply stopped at the rung's budget; a promoted
 arm resumes from its last checkpoint, so no epoch is paid for twice, and an interrupted search resumes too.
+A run is stopped at its budget by its training callback returning :data:`~shiftkit.hooks.STOP`, which leaves it
+unfinished (``last.pt``, no ``metrics.json``) and resumable.
 The recommender's ranking warm-starts the search: arms run in its order, ties are broken by it, and
 ``max_arms`` keeps only the top-ranked arms.
 """
@@ -22,6 +24,8 @@ import torch
 
 from shiftkit.compare.grid import CompareSettings, RunSpec, finetune_run
 from shiftkit.errors import ConfigError
+from shiftkit.finetune.early_stopping import entry_score
+from shiftkit.hooks import STOP, TrainerCallback
 
 
 @dataclass(frozen=True)
@@ -150,12 +154,11 @@ def _score(progress: ArmProgress) -> float:
 
 
 # -- arms trained by run_finetune ------------------------------------------------------------------------
-class _BudgetReached(Exception):
-    """Raised from the epoch callback once a rung's budget is trained (after last.pt is written)."""
-
-
 class _Budget:
-    def __init__(self, budget: int, max_epochs: int, inner=None) -> None:
+    """The training callback of one rung: passes every event on to ``inner`` (the display) and stops the run
+    once the rung's budget of epochs is trained (the trainer has written last.pt; the next rung resumes it)."""
+
+    def __init__(self, budget: int, max_epochs: int, inner: TrainerCallback | None = None) -> None:
         self.budget, self.max_epochs, self.inner = budget, max_epochs, inner
 
     def on_epoch_start(self, epoch: int, batches: int, description: str) -> None:
@@ -166,22 +169,17 @@ class _Budget:
         if self.inner:
             self.inner.on_batch()
 
-    def on_epoch_end(self, entry: dict) -> None:
-        if self.inner:
-            self.inner.on_epoch_end(entry)
+    def on_epoch_end(self, entry: dict) -> bool | None:
+        inner_stops = self.inner.on_epoch_end(entry) if self.inner else None
         if entry["epoch"] >= self.budget and self.budget < self.max_epochs and not entry.get("stop"):
-            raise _BudgetReached
+            return STOP
+        return inner_stops
 
 
 def score_within(history: Sequence[dict], budget: int) -> float | None:
     """The best monitored validation value over the first ``budget`` epochs (what the best checkpoint of a
     run stopped there would score); validation loss counts negated when the metric was undefined."""
-    values = []
-    for entry in history[:budget]:
-        monitor = entry.get("monitor")
-        value = -entry["val_loss"] if monitor == "val_loss" else (entry.get("val") or {}).get(monitor)
-        if value is not None:
-            values.append(float(value))
+    values = [score for score in map(entry_score, history[:budget]) if score is not None]
     return max(values) if values else None
 
 
@@ -202,11 +200,8 @@ def finetune_arms(settings: CompareSettings, arch: str, seed: int, out: Path, ca
         folder = RunSpec(arch, arm.strategy, arm.lr, seed).folder(out, "search")
         history, finished = _history(folder)
         if not finished and len(history) < budget:
-            try:
-                finetune_run(RunSpec(arch, arm.strategy, arm.lr, seed), settings, folder,
-                             callback=_Budget(budget, settings.epochs, callback))
-            except _BudgetReached:
-                pass
+            finetune_run(RunSpec(arch, arm.strategy, arm.lr, seed), settings, folder,
+                         callback=_Budget(budget, settings.epochs, callback))
             history, finished = _history(folder)
         return ArmProgress(score_within(history, budget), len(history), finished)
 

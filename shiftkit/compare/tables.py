@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from shiftkit.errors import DataError
+from shiftkit.finetune.early_stopping import monitored_score
 
 BASELINE = "ft"
 IMPROVEMENT_THRESHOLD = 0.1  # percent, Table 12's "> 0.1 %"
@@ -50,11 +51,8 @@ def mean_se(values: Sequence[float | None]) -> tuple[float | None, float | None,
 
 
 def _monitor_score(record: dict) -> float | None:
-    monitor = record.get("monitor") or "auroc"
-    if monitor == "val_loss":
-        loss = (record.get("val") or {}).get("loss")
-        return None if loss is None else -loss
-    return (record.get("val") or {}).get(monitor)
+    val = record.get("val") or {}
+    return monitored_score(record.get("monitor") or "auroc", val, val.get("loss"))
 
 
 def choose_lrs(records: Sequence[dict]) -> dict[tuple[str, str], dict]:

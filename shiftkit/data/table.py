@@ -219,3 +219,31 @@ def load_table(path: str | Path) -> ImageTable:
         raise DataError(f"{path}: folder has no images")
     records = tuple(ImageRecord(path=f, origin=str(f)) for f in sorted(files))
     return ImageTable(records=records, classes=(), source=str(path))
+
+
+def seeded_subset(strata: Sequence[str], limit: int | None, seed: int) -> list[int]:
+    """Sorted positions of a seeded subset of ``limit`` items (all of them when ``limit`` is None or not below their
+    number), stratified by ``strata`` (one key per item, e.g. its labels) so that rare classes survive; a plain
+    seeded random subset when a key occurs once, all keys are equal, or there are more keys than places. One rule
+    for diagnose's ``--max-images``, the audit's ``--max-images-per-site`` and harmonize's measurement."""
+    from collections import Counter
+
+    from sklearn.model_selection import train_test_split
+
+    n = len(strata)
+    if limit is None or n <= limit:
+        return list(range(n))
+    counts = Counter(strata)
+    stratify = list(strata) if len(counts) > 1 and min(counts.values()) >= 2 else None
+    try:
+        chosen, _ = train_test_split(np.arange(n), train_size=limit, random_state=seed, stratify=stratify)
+    except ValueError:  # more classes than places in the subset: stratifying is impossible
+        chosen, _ = train_test_split(np.arange(n), train_size=limit, random_state=seed)
+    return sorted(int(i) for i in chosen)
+
+
+def subsample_table(table: ImageTable, limit: int | None, seed: int) -> ImageTable:
+    """At most ``limit`` images of ``table``: :func:`seeded_subset` stratified by each image's labels."""
+    if limit is None or len(table) <= limit:
+        return table
+    return table.subset(seeded_subset([LABEL_SEPARATOR.join(r.labels) for r in table.records], limit, seed))

@@ -1,10 +1,10 @@
 """Fine-tuning engine: one trainer loop, eight strategies, the paper's metrics."""
 
 from shiftkit.finetune.metrics import METRICS, compute_metrics
-from shiftkit.finetune.strategies import STRATEGIES, Strategy, StrategyConfig, make_strategy, register
+from shiftkit.finetune.strategies import STRATEGY_CLASSES, Strategy, StrategyConfig, make_strategy, register
 from shiftkit.finetune.trainer import Trainer, TrainConfig
 
 __all__ = [
-    "METRICS", "STRATEGIES", "Strategy", "StrategyConfig", "Trainer", "TrainConfig",
+    "METRICS", "STRATEGY_CLASSES", "Strategy", "StrategyConfig", "Trainer", "TrainConfig",
     "compute_metrics", "make_strategy", "register",
 ]

@@ -13,7 +13,7 @@ Each option the protocol sets can still be given on its own (``--lp-solver``, ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from shiftkit.errors import ConfigError
 
@@ -35,6 +35,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "shiftkit": Protocol(lp_solver="lbfgs", class_weight="balanced", sp_update="decoupled", alpha=None, beta=None),
     "paper": Protocol(lp_solver="adam", class_weight="none", sp_update="penalty", alpha=0.01, beta=0.01),
 }
+PROTOCOL_SETTINGS = tuple(f.name for f in fields(Protocol))
+"""The options a protocol sets (TrainConfig and StrategyConfig fields of the same names)."""
 
 
 def protocol_defaults(name: str) -> dict:

@@ -24,9 +24,9 @@ from shiftkit.errors import ConfigError, DataError
 from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.strategies import StrategyConfig, check_strategy_name, make_strategy
-from shiftkit.finetune.trainer import (
-    Trainer, TrainConfig, TrainerCallback, config_dict, resolve_device, resolve_precision,
-)
+from shiftkit.device import resolve_device
+from shiftkit.finetune.trainer import Trainer, TrainConfig, config_dict, resolve_precision
+from shiftkit.hooks import StageHook, TrainerCallback, start_stage
 from shiftkit.io import write_json
 from shiftkit.overwrite import refuse_overwriting_inputs
 from shiftkit.models.registry import build_model
@@ -110,8 +110,13 @@ def _check_options(request: FinetuneRequest) -> None:
     resolve_precision(cfg.precision, resolve_device(cfg.device))  # fail before decoding any image
 
 
-def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = None, on_stage=None) -> dict:
-    """Train, keep the best epoch by validation, evaluate, write ``out/metrics.json``; return its content."""
+def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = None,
+                 on_stage: StageHook | None = None) -> dict:
+    """Train, keep the best epoch by validation, evaluate, write ``out/metrics.json``; return its content.
+
+    A ``callback`` that returns :data:`~shiftkit.hooks.STOP` from ``on_epoch_end`` leaves the run unfinished:
+    ``checkpoints/last.pt`` is kept for a later ``resume``, nothing is evaluated, no ``metrics.json`` is written,
+    and the dict returned has ``halted: True``, the history so far and ``epochs_run``."""
     cfg = request.train
     _check_options(request)
     refuse_overwriting_inputs(request.out, [request.out / "metrics.json"], {  # checkpoints/ in DATA: a new class
@@ -120,22 +125,19 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
     ctx = distributed.context()
     if not ctx.is_main:
         callback, on_stage = None, None
-    request.strategy.lr, request.strategy.epochs = cfg.lr, cfg.epochs
     train_table, val_table, test_table = _split(request)
     num_outputs = len(train_table.classes)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     adapted = build_model(request.arch, num_outputs, request.weights, request.image_size)
-    strategy = make_strategy(cfg.strategy, adapted, request.strategy)
+    strategy = make_strategy(cfg.strategy, adapted, request.strategy, cfg)  # lr and epochs: the run's
     cache = ImageCache(adapted.preprocessing, request.read_options, disk_dir=request.cache_dir)
     tables = {"train": train_table, "val": val_table, "test": test_table}
     skipped = []
     for name, table in tables.items():  # every image decoded once, up front: bad ones fail or skip here
         if table is None:
             continue
-        if on_stage:
-            on_stage(f"decoding {name} images", len(table))
-        tables[name], bad = decode_all(table, cache, request.on_bad_image,
-                                       on_image=on_stage.advance if on_stage else None)
+        tick = start_stage(on_stage, f"decoding {name} images", len(table))
+        tables[name], bad = decode_all(table, cache, request.on_bad_image, on_image=tick)
         require_images_left(tables[name], bad, name, all_classes=name == "train")
         skipped += bad
     datasets = {name: ImageDataset(table, cache) for name, table in tables.items() if table is not None}
@@ -153,14 +155,19 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
         },
         dist=ctx,
     )
-    try:  # stop loader workers even when training stops early by an exception (e.g. a search's budget)
+    try:  # stop loader workers even when training ends by an exception (an interrupt, a diverged loss)
         resumed = request.resume and trainer.resume()
         summary = trainer.fit()
-        trainer.load_best()
-        val_metrics = trainer.evaluate(datasets["val"])
-        test_metrics = trainer.evaluate(datasets["test"]) if "test" in datasets else None
+        if not summary["halted"]:
+            trainer.load_best()
+            val_metrics = trainer.evaluate(datasets["val"])
+            test_metrics = trainer.evaluate(datasets["test"]) if "test" in datasets else None
     finally:
         trainer.close()
+    if summary["halted"]:  # stopped by the callback: unfinished, resumable from checkpoints/last.pt
+        return {"halted": True, "strategy": cfg.strategy, "arch": request.arch, "lr": cfg.lr, "seed": cfg.seed,
+                "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+                "resumed": bool(resumed), "history": trainer.history}
     result = {
         "strategy": cfg.strategy,
         "arch": request.arch,

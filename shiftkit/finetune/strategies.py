@@ -13,7 +13,11 @@ changes, through four hooks the :class:`~shiftkit.finetune.trainer.Trainer` call
 - ``on_plateau(epoch) -> bool``: early stopping would stop now; a staged strategy may move to its next stage
   instead (True), which resets the patience counter.
 
-Register a ninth with ``@register("name")`` on a :class:`Strategy` subclass; the trainer needs no change.
+Register a ninth with ``@register("name")`` on a :class:`Strategy` subclass; the trainer needs no change. A
+strategy reads the run's base learning rate and epoch count as ``self.lr`` and ``self.epochs`` (set once, in
+:class:`~shiftkit.finetune.config.TrainConfig`) and its own settings from ``self.config`` (:class:`StrategyConfig`):
+a new setting is a field there, which ``finetune`` and ``compare`` then record, and ``compare`` counts in a grid's
+identity; its command-line option is one entry in ``shiftkit.cli.options.HYPERPARAMETERS``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from shiftkit.errors import ConfigError
+from shiftkit.finetune.config import TrainConfig
 from shiftkit.finetune.protocol import SP_UPDATES, check_choice
 from shiftkit.models.registry import AdaptedModel
 
@@ -44,8 +49,9 @@ class ParamGroup:
 
 @dataclass
 class StrategyConfig:
-    lr: float = 1e-4
-    epochs: int = 50
+    """The strategies' own settings (each names the strategies that read it); the learning rate and the number
+    of epochs are the run's (``TrainConfig``)."""
+
     epochs_per_block: int | None = None  # g_lf / g_fl; default max(1, epochs // n_blocks)
     lp_epochs: int = 5  # lp_ft
     alpha: float | None = None  # l1_sp / l2_sp, on the pre-trained part; None: SP_DEFAULTS for the update
@@ -71,19 +77,30 @@ class Strategy:
 
     name = "base"
 
-    def __init__(self, adapted: AdaptedModel, config: StrategyConfig) -> None:
+    def __init__(self, adapted: AdaptedModel, config: StrategyConfig, train: TrainConfig | None = None) -> None:
         self.adapted = adapted
         self.config = config
+        self.train = train if train is not None else TrainConfig()
         self.params = dict(adapted.model.named_parameters())
         self.head_names = adapted.head_param_names()
         self.block_names = adapted.block_param_names()
+
+    @property
+    def lr(self) -> float:
+        """The run's base learning rate (``TrainConfig.lr``)."""
+        return self.train.lr
+
+    @property
+    def epochs(self) -> int:
+        """The run's maximum number of epochs (``TrainConfig.epochs``)."""
+        return self.train.epochs
 
     # -- hooks ---------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int, probe: GradientProbe) -> bool:
         return epoch == 0
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup(list(self.params), self.config.lr)]
+        return [ParamGroup(list(self.params), self.lr)]
 
     def penalty(self) -> torch.Tensor | None:
         return None
@@ -99,7 +116,7 @@ class Strategy:
 
     def config_dict(self) -> dict:
         """The settings as this strategy uses them (recorded in metrics.json and in the resume identity)."""
-        return asdict(self.config)
+        return {"lr": self.lr, "epochs": self.epochs, **asdict(self.config)}
 
     # -- resume --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -116,26 +133,29 @@ class Strategy:
         """Move any tensors the strategy keeps (e.g. the starting point of L1/L2-SP) to ``device``."""
 
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {}
+"""Every registered strategy by name, in registration order (the paper's eight first; plugins after)."""
 
 
 def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     def decorate(cls: type[Strategy]) -> type[Strategy]:
         cls.name = name
-        STRATEGIES[name] = cls
+        STRATEGY_CLASSES[name] = cls
         return cls
 
     return decorate
 
 
 def check_strategy_name(name: str) -> None:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{name}' (choose from {', '.join(STRATEGIES)})")
+    if name not in STRATEGY_CLASSES:
+        raise ConfigError(f"unknown strategy '{name}' (choose from {', '.join(STRATEGY_CLASSES)})")
 
 
-def make_strategy(name: str, adapted: AdaptedModel, config: StrategyConfig) -> Strategy:
+def make_strategy(name: str, adapted: AdaptedModel, config: StrategyConfig,
+                  train: TrainConfig | None = None) -> Strategy:
+    """Strategy ``name`` for ``adapted``, with its settings and the run's (lr, epochs; default ``TrainConfig()``)."""
     check_strategy_name(name)
-    return STRATEGIES[name](adapted, config)
+    return STRATEGY_CLASSES[name](adapted, config, train)
 
 
 @register("ft")
@@ -148,7 +168,7 @@ class LinearProbing(Strategy):
     """Only the new head trains; the frozen backbone runs in eval mode (§3.1.2)."""
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup(self.head_names, self.config.lr)]
+        return [ParamGroup(self.head_names, self.lr)]
 
     def is_linear_probe(self) -> bool:
         return True
@@ -157,8 +177,8 @@ class LinearProbing(Strategy):
 class _Staged(Strategy):
     """A strategy whose trainable set grows in stages; a plateau moves to the next stage early."""
 
-    def __init__(self, adapted: AdaptedModel, config: StrategyConfig) -> None:
-        super().__init__(adapted, config)
+    def __init__(self, adapted: AdaptedModel, config: StrategyConfig, train: TrainConfig | None = None) -> None:
+        super().__init__(adapted, config, train)
         self.stage = 0
         self.stage_start = 0
         self._advance_now = False
@@ -206,14 +226,14 @@ class _GradualUnfreeze(_Staged):
         return len(self.block_names)
 
     def stage_length(self) -> int:
-        return self.config.epochs_per_block or max(1, self.config.epochs // len(self.block_names))
+        return self.config.epochs_per_block or max(1, self.epochs // len(self.block_names))
 
     def trainable_blocks(self) -> list[int]:
         raise NotImplementedError
 
     def param_groups(self) -> list[ParamGroup]:
         names = [n for b in self.trainable_blocks() for n in self.block_names[b]]
-        return [ParamGroup(names, self.config.lr)]
+        return [ParamGroup(names, self.lr)]
 
     def describe(self) -> dict:
         return {"stage": self.stage, "trainable_blocks": [self.adapted.blocks[b][0] for b in self.trainable_blocks()]}
@@ -252,7 +272,7 @@ class LinearProbeThenFineTune(_Staged):
 
     def param_groups(self) -> list[ParamGroup]:
         names = self.head_names if self.stage == 0 else list(self.params)
-        return [ParamGroup(names, self.config.lr)]
+        return [ParamGroup(names, self.lr)]
 
     def is_linear_probe(self) -> bool:
         return self.stage == 0
@@ -282,8 +302,8 @@ class _StartingPointRegularizer(Strategy):
     of the step Adam takes, whatever the gradients' scale.
     """
 
-    def __init__(self, adapted: AdaptedModel, config: StrategyConfig) -> None:
-        super().__init__(adapted, config)
+    def __init__(self, adapted: AdaptedModel, config: StrategyConfig, train: TrainConfig | None = None) -> None:
+        super().__init__(adapted, config, train)
         head = set(self.head_names)
         self.backbone_names = [n for n in self.params if n not in head]
         self.backbone = [self.params[n] for n in self.backbone_names]
@@ -314,12 +334,12 @@ class _StartingPointRegularizer(Strategy):
         if self.config.sp_update != "decoupled":
             return
         for p, p0 in zip(self.backbone, self.start):
-            p.copy_(p0 + self.pull(p - p0, self.config.lr * self.alpha))
+            p.copy_(p0 + self.pull(p - p0, self.lr * self.alpha))
         for p in self.head:
-            p.copy_(self.pull(p, self.config.lr * self.beta))
+            p.copy_(self.pull(p, self.lr * self.beta))
 
     def config_dict(self) -> dict:
-        return {**asdict(self.config), "alpha": self.alpha, "beta": self.beta}
+        return {**super().config_dict(), "alpha": self.alpha, "beta": self.beta}
 
     # w0 is not saved in checkpoints: a resumed run rebuilds the same model from the same weights first.
     def to(self, device: torch.device) -> None:
@@ -358,8 +378,8 @@ class AutoRGN(Strategy):
     divided by the largest and the learning rate of each tensor is ``lr * ratio``; the optimizer is rebuilt.
     """
 
-    def __init__(self, adapted: AdaptedModel, config: StrategyConfig) -> None:
-        super().__init__(adapted, config)
+    def __init__(self, adapted: AdaptedModel, config: StrategyConfig, train: TrainConfig | None = None) -> None:
+        super().__init__(adapted, config, train)
         norm_params = {
             f"{module_name}.{param_name}" if module_name else param_name
             for module_name, module in adapted.model.named_modules()
@@ -384,7 +404,7 @@ class AutoRGN(Strategy):
         return True
 
     def param_groups(self) -> list[ParamGroup]:
-        return [ParamGroup([name], self.config.lr * self.ratios[name], self.config.rgn_weight_decay)
+        return [ParamGroup([name], self.lr * self.ratios[name], self.config.rgn_weight_decay)
                 for name in self.tuned]
 
     def state_dict(self) -> dict:

@@ -2,10 +2,11 @@
 
 The trainer knows nothing about particular strategies: each epoch it asks the strategy what trains (and
 rebuilds Adam when that changes), adds the strategy's penalty to the loss, and lets it intercept early
-stopping. It keeps the best checkpoint by the validation metric, writes a resumable checkpoint after every
-epoch, and, while the backbone is entirely frozen (``lp``, the first phase of ``lp_ft``), trains the head
-on backbone features computed once instead of running the frozen backbone every epoch: by default it solves
-that convex problem outright when the strategy says its plan is a linear probe (``lp_solver="lbfgs"``, see
+stopping (early_stopping.py). It keeps the best checkpoint by the validation metric and writes a resumable
+one after every epoch (checkpoint.py); a callback may stop training after any epoch (``shiftkit.hooks``), which
+leaves the run resumable. While the backbone is entirely frozen (``lp``, the first phase of ``lp_ft``), it
+trains the head on backbone features computed once instead of running the frozen backbone every epoch: by default it
+solves that convex problem outright when the strategy says its plan is a linear probe (``lp_solver="lbfgs"``, see
 linear_probe.py) in one epoch, which then counts as a plateau (``lp`` stops, ``lp_ft`` moves on to fine-tuning);
 ``lp_solver="adam"`` trains it by Adam steps as the paper does.
 The training loss is class-weighted by inverse training priors (``class_weight="balanced"``) unless asked not to.
@@ -22,9 +23,9 @@ import functools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,71 +34,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from shiftkit.data.dataset import ImageDataset, collate
+from shiftkit.device import resolve_device  # also imported from here (its old home)
 from shiftkit.errors import ConfigError, ShiftkitError
 from shiftkit.features import head_inputs_and_outputs
 from shiftkit.finetune import distributed as dist_utils
+from shiftkit.finetune.checkpoint import Checkpoints, run_identity
+from shiftkit.finetune.config import TrainConfig  # also imported from here (its old home)
 from shiftkit.finetune.distributed import SINGLE, DistContext, GlobalBatchSampler, rank_slice
+from shiftkit.finetune.early_stopping import EarlyStopping, choose_score
 from shiftkit.finetune.linear_probe import balanced_class_weights, fit_linear_probe
 from shiftkit.finetune.metrics import compute_metrics
-from shiftkit.finetune.protocol import CLASS_WEIGHTS, LP_SOLVERS, check_choice
 from shiftkit.finetune.strategies import Strategy
-from shiftkit.io import save_torch
+from shiftkit.hooks import SilentCallback, TrainerCallback  # TrainerCallback: also imported from here
 from shiftkit.models.registry import AdaptedModel
-
-CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    strategy: str = "ft"
-    lr: float = 1e-4
-    epochs: int = 50
-    batch_size: int = 64
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    monitor: str = "auto"  # a metric name, or auto: mAP for multi-label, AUROC otherwise
-    eval_batch_size: int = 256
-    cache_features: bool = True  # train a frozen backbone's head on features computed once
-    num_workers: int | None = None  # loader worker processes; None: 0 on CPU, up to 8 per GPU on CUDA
-    precision: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 on CPU), bf16, fp16, fp32
-    lp_solver: str = "lbfgs"  # a frozen backbone's head: lbfgs (solved, C chosen on validation) or adam (the paper)
-    class_weight: str = "balanced"  # training loss weights: balanced (inverse training priors) or none (the paper)
-    protocol: str = "shiftkit"  # which protocol's defaults were used (recorded; see protocol.py)
-
-    def validate(self) -> None:
-        check_choice("--lp-solver", self.lp_solver, LP_SOLVERS)
-        check_choice("--class-weight", self.class_weight, CLASS_WEIGHTS)
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-class TrainerCallback(Protocol):
-    def on_epoch_start(self, epoch: int, batches: int, description: str) -> None: ...
-    def on_batch(self) -> None: ...
-    def on_epoch_end(self, entry: dict) -> None: ...
-
-
-class _Silent:
-    def on_epoch_start(self, epoch: int, batches: int, description: str) -> None:
-        pass
-
-    def on_batch(self) -> None:
-        pass
-
-    def on_epoch_end(self, entry: dict) -> None:
-        pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device '{name}' (choose auto, cpu or cuda)")
-    return torch.device(name)
 
 
 def _epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -177,7 +129,8 @@ class Trainer:
         self.dist = dist or SINGLE
         self.device = dist_utils.device_for(self.dist, resolve_device(config.device))
         self.checkpoint_dir = checkpoint_dir
-        self.callback = (callback if self.dist.is_main else None) or _Silent()
+        self.checkpoints = Checkpoints(checkpoint_dir, writer=self.dist.is_main)
+        self.callback = (callback if self.dist.is_main else None) or SilentCallback()
         self.identity_extra = identity_extra or {}
         self.monitor = config.monitor if config.monitor != "auto" else ("map" if task == "multilabel" else "auroc")
         config.validate()
@@ -205,13 +158,11 @@ class Trainer:
         self.block_names = adapted.block_param_names()
         self.optimizer: torch.optim.Optimizer | None = None
         self.history: list[dict] = []
-        self.best_score = -math.inf
-        self.best_epoch = -1
-        self.bad_epochs = 0
+        self.early_stopping = EarlyStopping(config.patience)
         self.start_epoch = 0
+        self.halted = False  # a callback stopped training before it finished (resumable from last.pt)
         self._feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaders: dict[tuple[int, bool, int], DataLoader] = {}
-        self._best_state: dict[str, torch.Tensor] | None = None
         self._probe_fit: dict | None = None  # what the L-BFGS head solver chose this epoch
 
     # -- what trains -----------------------------------------------------------------------------------
@@ -302,7 +253,9 @@ class Trainer:
             targets = dist_utils.gather_rows(targets, indices, len(dataset), self.dist)
         return features, targets
 
-    def _cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def cached_features(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's inputs and the targets of split ``train`` or ``val``, from one pass of the backbone
+        (valid while it is frozen: the cache is cleared when a training epoch changes the backbone)."""
         if split not in self._feature_cache:
             dataset = self.train_set if split == "train" else self.val_set
             self._feature_cache[split] = self._backbone_features(dataset)
@@ -311,7 +264,7 @@ class Trainer:
     def _feature_batches(self, split: str, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """Shuffled mini-batches of cached features, sliced on the device (no loader, no copies to the host):
         this rank's part of each global batch, and the global batch's size."""
-        features, targets = self._cached_features(split)
+        features, targets = self.cached_features(split)
         sampler = GlobalBatchSampler(len(features), self.config.batch_size, self.dist, True)
         sampler.set_epoch(seed)
         batches = []
@@ -339,9 +292,11 @@ class Trainer:
     def _global_sizes(self, loader: DataLoader) -> list[int]:
         return [len(chunk) for chunk in loader.batch_sampler.global_batches()]
 
-    def _probe(self, batches: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def gradient_probe(self, batches: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Gradients of the training loss for a few batches (for strategies such as Auto-RGN); under DDP each
-        batch's gradient is averaged over ranks, so every rank sees the global batch's gradient."""
+        batch's gradient is averaged over ranks, so every rank sees the global batch's gradient. The model's
+        modes are those training will use (frozen blocks in eval mode), as in :meth:`fit`."""
+        self._set_modes()
         loader = self._loader(self.train_set, True, _epoch_seed(self.config.seed, epoch, 1))
         sizes = self._global_sizes(loader)
         names = [n for n, p in self.params.items() if p.requires_grad]
@@ -372,8 +327,8 @@ class Trainer:
         Under DDP every rank holds all features and solves the same problem, so the heads agree."""
         self.callback.on_epoch_start(epoch, 1, "head solved by L-BFGS on cached features")
         self._set_modes()
-        train_x, train_y = self._cached_features("train")
-        val_x, val_y = self._cached_features("val")
+        train_x, train_y = self.cached_features("train")
+        val_x, val_y = self.cached_features("val")
         val_targets = val_y.cpu().numpy()
         per_sample = val_targets.shape[1] if self.task == "multilabel" else 1
 
@@ -461,9 +416,9 @@ class Trainer:
         features of split ``from_features`` while the backbone is frozen). Under DDP each rank predicts its
         share and every rank gets the whole set back, so metrics (and early stopping) agree on all ranks."""
         self.model.eval()
-        n = len(dataset) if not from_features else len(self._cached_features(from_features)[0])
+        n = len(dataset) if not from_features else len(self.cached_features(from_features)[0])
         if from_features:
-            features, all_targets = self._cached_features(from_features)
+            features, all_targets = self.cached_features(from_features)
             indices = torch.arange(n)
             if self.dist.enabled:
                 indices = torch.cat([rank_slice(c, self.dist) for c in indices.split(self.config.eval_batch_size)])
@@ -497,81 +452,42 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _run_identity(self) -> dict:
-        """Everything that decides the numbers: a checkpoint resumes only a run with the same identity."""
-        # Settings that change speed, not the numbers (up to floating point), may differ on resume.
-        train = {k: v for k, v in config_dict(self.config).items()
-                 if k not in ("device", "eval_batch_size", "num_workers", "precision")}
-        return {
-            "train": train,
-            "strategy": self.strategy.config_dict(),
-            "arch": self.adapted.arch,
-            "weights": self.adapted.weights,
-            "preprocessing": self.adapted.preprocessing.key(),
-            "train_size": len(self.train_set),
-            "val_size": len(self.val_set),
-            **self.identity_extra,
-        }
-
-    def _save_checkpoint(self, epoch: int, improved: bool) -> None:
-        """Every rank keeps the best weights in memory (all ranks take the same decisions); rank 0 writes."""
-        model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        if improved:
-            self._best_state = model_state
-        if self.checkpoint_dir is None or not self.dist.is_main:
-            return
-        if improved:
-            save_torch(self.checkpoint_dir / "best.pt", {"model_state": model_state, "epoch": epoch})
-        save_torch(
-            self.checkpoint_dir / "last.pt",
-            {
-                "version": CHECKPOINT_VERSION,
-                "identity": self._run_identity(),
-                "epoch": epoch,
-                "model_state": model_state,
-                "optimizer_state": self.optimizer.state_dict(),
-                "strategy_state": self.strategy.state_dict(),
-                "history": self.history,
-                "best_score": self.best_score,
-                "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs,
-            },
-        )
+        return run_identity(config_dict(self.config), self.strategy.config_dict(), self.adapted,
+                            len(self.train_set), len(self.val_set), self.identity_extra)
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` when it exists; returns whether it did."""
-        path = self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
-        if path is None or not path.is_file():
+        state = self.checkpoints.load_last(self._run_identity())
+        if state is None:
             return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ShiftkitError(f"{path}: cannot read the checkpoint to resume ({type(exc).__name__})") from None
-        if state.get("identity") != self._run_identity():
-            raise ConfigError(
-                f"{path}: --resume needs the same settings as the interrupted run "
-                f"(it had {state.get('identity')}); use another --out to start afresh"
-            )
         self.model.load_state_dict(state["model_state"])
         self.strategy.load_state_dict(state["strategy_state"])
         self._apply_plan()
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.history = list(state["history"])
-        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        self.bad_epochs = int(state["bad_epochs"])
+        self.early_stopping.load_state_dict(state)
         self.start_epoch = int(state["epoch"]) + 1
         return True
 
+    def _save_checkpoint(self, epoch: int, improved: bool) -> None:
+        self.checkpoints.save(epoch, self.model, improved, self._run_identity(), {
+            "optimizer_state": self.optimizer.state_dict(),
+            "strategy_state": self.strategy.state_dict(),
+            "history": self.history,
+            **self.early_stopping.state_dict(),
+        })
+
     # -- the loop --------------------------------------------------------------------------------------
     def _score(self, metrics: dict, loss: float) -> tuple[float, str]:
-        value = metrics.get(self.monitor)
-        if value is None:
-            return -loss, "val_loss"
-        return float(value), self.monitor
+        return choose_score(self.monitor, metrics, loss)
 
     def stopped_early(self) -> bool:
         return bool(self.history) and self.history[-1].get("stop", False)
 
     def fit(self) -> dict:
+        """Train until the last epoch, early stopping, or a callback's :data:`~shiftkit.hooks.STOP`; returns the
+        best epoch (1-based), the epochs in the history, and ``halted`` (stopped by a callback: unfinished)."""
+        self.halted = False
         for epoch in range(self.start_epoch, self.config.epochs):
             if self.stopped_early():
                 break
@@ -579,27 +495,15 @@ class Trainer:
             torch.manual_seed(_epoch_seed(self.config.seed, epoch, 2) + self.dist.rank)
             started = time.perf_counter()
             self._set_modes()  # a probe (Auto-RGN) sees the model as training will
-            probe = functools.partial(self._probe, epoch=epoch)
+            probe = functools.partial(self.gradient_probe, epoch=epoch)
             if self.strategy.begin_epoch(epoch, probe) or self.optimizer is None:
                 self._apply_plan()
             self._probe_fit = None
             train_loss = self._train_epoch(epoch)
             metrics, val_loss = self._validate()
             score, monitored = self._score(metrics, val_loss)
-            improved = score > self.best_score
-            if improved:
-                self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
-            else:
-                self.bad_epochs += 1
-            stop = False
-            if self._probe_fit is not None:  # a solved head cannot improve by more epochs of the same plan
-                self.bad_epochs = 0
-                stop = not self.strategy.on_plateau(epoch)
-            elif self.bad_epochs >= self.config.patience:
-                if self.strategy.on_plateau(epoch):
-                    self.bad_epochs = 0
-                else:
-                    stop = True
+            improved, stop = self.early_stopping.step(epoch, score, self.strategy.on_plateau,
+                                                      solved=self._probe_fit is not None)
             entry = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
@@ -615,19 +519,24 @@ class Trainer:
                 entry["linear_probe"] = self._probe_fit
             self.history.append(entry)
             self._save_checkpoint(epoch, improved)
-            self.callback.on_epoch_end(entry)
+            if self._callback_stops(entry) and not stop and epoch + 1 < self.config.epochs:
+                self.halted = True  # unfinished: last.pt lets a later run (resume) train on from here
+                break
         dist_utils.barrier(self.dist)  # rank 0's files are complete before any rank reads them
-        return {"best_epoch": self.best_epoch + 1, "epochs_run": len(self.history)}
+        return {"best_epoch": self.early_stopping.best_epoch + 1, "epochs_run": len(self.history),
+                "halted": self.halted}
+
+    def _callback_stops(self, entry: dict) -> bool:
+        """Whether the callback asked to stop (rank 0's answer, shared so that every rank stops together)."""
+        asked = bool(self.callback.on_epoch_end(entry))
+        if self.dist.enabled:
+            flag = torch.tensor(float(asked), device=self.device)
+            asked = dist_utils.all_reduce_sum(flag, self.dist).item() > 0
+        return asked
 
     def load_best(self) -> None:
         """The best epoch's weights: from memory, or from ``best.pt`` when it was reached before a resume."""
-        if self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
-            return
-        path = self.checkpoint_dir / "best.pt" if self.checkpoint_dir else None
-        if path is not None and path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["model_state"])
+        self.checkpoints.load_best(self.model)
 
     def evaluate(self, dataset: ImageDataset) -> dict:
         probs, targets, loss = self.predict(dataset)

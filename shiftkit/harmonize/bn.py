@@ -30,6 +30,7 @@ from torch import nn
 
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, DataError, ModelError
+from shiftkit.hooks import StageHook, start_stage
 
 METHODS = ("adabn", "tent")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -265,7 +266,7 @@ def _output_paths(out: Path) -> tuple[Path, Path, Path | None]:
     return out / "checkpoints" / "best.pt", out / "adaptation.json", out / "metrics.json"
 
 
-def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
+def run_adapt_bn(request: AdaptBNRequest, on_stage: StageHook | None = None) -> AdaptBNResult:
     """Load the fine-tuned model, adapt its BatchNorm to the target, evaluate before/after when the target is
     labelled, and write the adapted checkpoint (same format) and ``adaptation.json``."""
     from torch.utils.data import DataLoader
@@ -275,7 +276,7 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     from shiftkit.data.table import load_table
     from shiftkit.features import _finetuned_files, finetuned_info, load_finetuned
     from shiftkit.overwrite import refuse_overwriting_inputs
-    from shiftkit.finetune.trainer import resolve_device
+    from shiftkit.device import resolve_device
     from shiftkit.io import save_torch, write_json
 
     if request.method not in METHODS:
@@ -302,9 +303,7 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     if labeled:
         table = table.with_classes(classes, multilabel)
     dataset = ImageDataset(table, ImageCache(adapted.preprocessing, request.read_options, disk_dir=request.cache_dir))
-    if on_stage:
-        on_stage("decoding target images", len(dataset))
-    dataset.warm(on_image=on_stage.advance if on_stage else None)
+    dataset.warm(on_image=start_stage(on_stage, "decoding target images", len(dataset)))
     generator = torch.Generator().manual_seed(request.seed)
     train_loader = DataLoader(dataset, batch_size=request.batch_size, shuffle=True, collate_fn=collate,
                               generator=generator, drop_last=len(dataset) % request.batch_size == 1)
@@ -314,11 +313,9 @@ def run_adapt_bn(request: AdaptBNRequest, on_stage=None) -> AdaptBNResult:
     before = _evaluate(*_predict(adapted, eval_loader, device, multilabel), task if labeled else None)
     torch.manual_seed(request.seed)
     passes = 1 + (request.epochs if request.method == "tent" else 0)
-    if on_stage:
-        on_stage(f"{request.method} on the target", passes * len(train_loader))
+    tick = start_stage(on_stage, f"{request.method} on the target", passes * len(train_loader))
     adapt_bn(adapted.model, train_loader, request.method, inputs=lambda x: adapted.inputs(x, device),
-             device=device, lr=request.lr, epochs=request.epochs, multilabel=multilabel,
-             on_batch=on_stage.advance if on_stage else None)
+             device=device, lr=request.lr, epochs=request.epochs, multilabel=multilabel, on_batch=tick)
     after = _evaluate(*_predict(adapted, eval_loader, device, multilabel), task if labeled else None)
     seconds = time.perf_counter() - start
 

@@ -17,7 +17,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from shiftkit.errors import ConfigError, DataError
-from shiftkit.harmonize.intensity import FIT_PIXELS_PER_IMAGE, Harmonizer
+from shiftkit.harmonize.base import Harmonizer, register
+from shiftkit.harmonize.pixels import FIT_PIXELS_PER_IMAGE
 
 _SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                          [0.2126729, 0.7151522, 0.0721750],
@@ -63,13 +64,18 @@ def _fit_rgb(images: Iterable[np.ndarray], kind: str):
         raise DataError("the reference (source) domain has no images to fit on")
 
 
-class Reinhard(Harmonizer):
+class _ColourNormalization(Harmonizer):
+    """What both colour methods share: 8-bit RGB inputs only (their outputs are 0..255 RGB)."""
+
+    def check_input(self, stored: str, channels: int, name: str) -> None:
+        if stored != "8bit" or channels != 3:
+            raise DataError(f"{self.kind} colour normalization needs 8-bit RGB images ({name} is {stored} with "
+                            f"{channels} channel(s))")
+
+
+@register("reinhard", method="colour")  # the first registered: --method colour's default
+class Reinhard(_ColourNormalization):
     """Reinhard colour transfer in CIELAB: per-image LAB mean/sd moved to the source domain's typical values."""
-
-    kind = "reinhard"
-
-    def params(self) -> dict[str, Any]:
-        return {}
 
     @staticmethod
     def lab_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,21 +97,17 @@ class Reinhard(Harmonizer):
         return lab_to_rgb(lab) * 255.0
 
 
-class Macenko(Harmonizer):
+@register("macenko", method="colour")
+class Macenko(_ColourNormalization):
     """Macenko stain normalization for H&E (optical density ``-ln((I + 1) / io)``; pixels whose OD is below
     ``beta`` in any channel are background; stain vectors at the ``alpha`` and ``100 - alpha`` angle percentiles
     in the plane of the two main OD eigenvectors; hematoxylin first)."""
-
-    kind = "macenko"
 
     def __init__(self, io: float = 240.0, alpha: float = 1.0, beta: float = 0.15, seed: int = 0) -> None:
         super().__init__()
         if not (io > 0 and 0 < alpha < 50 and beta >= 0):
             raise ConfigError("Macenko needs io > 0, 0 < alpha < 50 and beta >= 0")
         self.io, self.alpha, self.beta, self.seed = float(io), float(alpha), float(beta), int(seed)
-
-    def params(self) -> dict[str, Any]:
-        return {"io": self.io, "alpha": self.alpha, "beta": self.beta, "seed": self.seed}
 
     def _od(self, image: np.ndarray) -> np.ndarray:
         return -np.log((_rgb(image, "Macenko").reshape(-1, 3) + 1.0) / self.io)

@@ -26,193 +26,36 @@ spatial shape; ``foreground="otsu"`` computes one per image (Otsu threshold on t
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from shiftkit.errors import ConfigError, DataError
-from shiftkit.io import write_json
+from shiftkit.errors import ConfigError
+from shiftkit.harmonize.base import (
+    FORMAT,
+    FORMAT_VERSION,
+    Harmonizer,
+    Masks,
+    check_state,
+    read_harmonizer_dict,
+    register,
+)
+from shiftkit.harmonize.pixels import (
+    FIT_PIXELS_PER_IMAGE,
+    FOREGROUND_METHODS,
+    as_channels,
+    channel_values,
+    foreground_mask,
+    keep_non_finite,
+    restore_shape,
+    valid_pixels,
+)
 
-FORMAT = "shiftkit-harmonizer"
-FORMAT_VERSION = 1
-FOREGROUND_METHODS = ("none", "otsu")
-FIT_PIXELS_PER_IMAGE = 20000  # seeded per-image pixel sample for pooled quantiles (memory stays flat)
-Masks = Optional[Iterable[Optional[np.ndarray]]]  # per-image foreground masks aligned with the images, or None
-
-
-# ------------------------------------------------------------------------------------------------ base class
-
-class Harmonizer:
-    """What every image harmonizer offers: ``fit`` on source images, ``transform`` target images, and a JSON
-    state (``params`` set at construction, ``state`` learned by ``fit``) that :meth:`save` writes and
-    :func:`shiftkit.harmonize.apply.load_harmonizer` reads back (never pickle)."""
-
-    kind: ClassVar[str] = ""
-
-    def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
-
-    @property
-    def fitted(self) -> bool:
-        return self.state is not None
-
-    def params(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _require_fitted(self) -> dict[str, Any]:
-        if self.state is None:
-            raise ConfigError(f"the {self.kind} harmonizer is not fitted: call fit() on source images first")
-        return self.state
-
-    def _fitted(self, state: dict[str, Any], spread: np.ndarray) -> dict[str, Any]:
-        """Keep ``state`` as the fit, refusing a reference that gives constant outputs (``spread``: per channel, the
-        range of what the reference's images are mapped onto) or numbers JSON cannot hold (NaN, infinity)."""
-        flat = [v for v in np.ravel(np.asarray(_numbers(state), dtype=np.float64))]
-        if not np.isfinite(flat).all():
-            raise DataError(f"{self.kind}: the reference's intensities give non-finite statistics (values beyond "
-                            "float64's range?); rescale the images")
-        constant = [c for c, value in enumerate(np.ravel(spread)) if not value > 0]
-        if constant:
-            raise DataError(f"{self.kind}: every reference image is constant in channel {constant[0]} (one value "
-                            f"per image); there is no intensity distribution to map onto, so every output would be "
-                            f"constant; use a reference with contrast")
-        self.state = state
-        return state
-
-    def _fitted_channels(self, image: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-        """The fitted state and ``image`` as H x W x C, refused when its channels differ from the source's."""
-        state = self._require_fitted()
-        array = as_channels(image)
-        _check_channels(state, array, self.kind)
-        return state, array
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "params": self.params(),
-                "state": self._require_fitted()}
-
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted harmonizer as JSON (atomically); floats round-trip exactly."""
-        write_json(path, self.to_dict())
-        return Path(path)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Harmonizer":
-        harmonizer = cls(**data.get("params", {}))
-        harmonizer.state = data["state"]
-        return harmonizer
-
-
-def read_harmonizer_dict(path: str | Path) -> dict[str, Any]:
-    """The JSON of a saved harmonizer, checked to be one (a report or a model is refused with one line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: harmonizer file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{path}: not a shiftkit harmonizer (not a JSON file)") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "kind" not in data or "state" not in data:
-        raise DataError(f"{path}: not a shiftkit harmonizer (no '\"format\": \"{FORMAT}\"' with kind and state)")
-    if data.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path}: harmonizer format version {data.get('version')} is not supported "
-                        f"(this shiftkit reads version {FORMAT_VERSION})")
-    return data
-
-
-# -------------------------------------------------------------------------------------------------- helpers
-
-def _numbers(value: Any) -> list[float]:
-    """Every number in a (JSON-like) state, flattened; ``None`` (JSON null) counts as NaN."""
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in _numbers(v)]
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _numbers(v)]
-    if value is None:
-        return [float("nan")]
-    return [float(value)] if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else []
-
-
-def check_state(state: Any) -> None:
-    """Refuse a saved state holding null, NaN or infinity (a harmonizer.json written before non-finite pixels were
-    left out of the fit)."""
-    if not np.isfinite(np.asarray(_numbers(state), dtype=np.float64)).all():
-        raise DataError("its state holds null, NaN or infinite numbers (fitted on images with non-finite pixels by "
-                        "an older shiftkit?); fit it again")
-
-
-def keep_non_finite(out: np.ndarray, array: np.ndarray) -> np.ndarray:
-    """Write ``array``'s non-finite pixels back into ``out`` unchanged (they stay missing)."""
-    bad = ~np.isfinite(array)
-    if bad.any():
-        out[bad] = array[bad]
-    return out
-
-
-def as_channels(image: np.ndarray) -> np.ndarray:
-    """``H x W`` -> ``H x W x 1``; arrays that already carry a channel axis are returned as float64."""
-    image = np.asarray(image, dtype=np.float64)
-    return image[..., None] if image.ndim == 2 else image
-
-
-def _restore_shape(result: np.ndarray, original: np.ndarray) -> np.ndarray:
-    return result[..., 0] if np.ndim(original) == 2 else result
-
-
-def foreground_mask(image: np.ndarray, method: str = "otsu") -> np.ndarray | None:
-    """A boolean foreground mask of the spatial shape (``None`` for ``method="none"``): Otsu's threshold on
-    the channel mean, via SimpleITK. An image whose Otsu foreground is empty falls back to all pixels."""
-    if method == "none":
-        return None
-    if method != "otsu":
-        raise ConfigError(f"unknown foreground method '{method}' (choose {', '.join(FOREGROUND_METHODS)})")
-    import SimpleITK as sitk
-
-    gray = as_channels(image).mean(axis=-1)
-    finite = np.isfinite(gray)
-    if finite.any() and not finite.all():  # Otsu on the finite pixels; the rest are left out anyway
-        gray = np.where(finite, gray, gray[finite].min())
-    gray = gray.astype(np.float32)
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.SetInsideValue(0)
-    otsu.SetOutsideValue(1)  # 1 = above the threshold = foreground
-    mask = sitk.GetArrayFromImage(otsu.Execute(sitk.GetImageFromArray(gray))).astype(bool)
-    return mask if mask.any() else np.ones(gray.shape, dtype=bool)
-
-
-def _mask_for(image: np.ndarray, mask: np.ndarray | None, foreground: str) -> np.ndarray | None:
-    if mask is None:
-        return foreground_mask(image, foreground)
-    mask = np.asarray(mask, dtype=bool)
-    spatial = as_channels(image).shape[:-1]
-    if mask.shape != spatial:
-        raise DataError(f"mask shape {mask.shape} does not match the image's spatial shape {spatial}")
-    if not mask.any():
-        raise DataError("the foreground mask is empty")
-    return mask
-
-
-def _valid(image: np.ndarray, mask: np.ndarray | None, channel: int) -> np.ndarray:
-    """The pixels a channel's statistics use: finite, and in the foreground ``mask`` when there is one."""
-    valid = np.isfinite(image[..., channel])
-    if mask is not None:
-        valid &= mask
-    if not valid.any():
-        where = "in the foreground mask" if mask is not None else "in the image"
-        raise DataError(f"no finite pixel {where} (channel {channel} is all NaN or infinite): nothing to harmonize")
-    return valid
-
-
-def _channel_values(image: np.ndarray, mask: np.ndarray | None, channel: int) -> np.ndarray:
-    """A channel's finite pixels (within ``mask``): non-finite ones are left out of every statistic."""
-    return image[..., channel][_valid(image, mask, channel)]
-
-
-def _check_channels(state: dict, image: np.ndarray, kind: str) -> None:
-    if image.shape[-1] != state["channels"]:
-        raise DataError(f"the {kind} harmonizer was fitted on {state['channels']}-channel images; "
-                        f"this image has {image.shape[-1]} channel(s)")
+__all__ = [  # the base class, file format and pixel helpers lived here: old imports keep working
+    "FIT_PIXELS_PER_IMAGE", "FOREGROUND_METHODS", "FORMAT", "FORMAT_VERSION", "Harmonizer", "HistogramMatching",
+    "NyulStandardization", "ZScore", "as_channels", "check_state", "foreground_mask", "keep_non_finite",
+    "read_harmonizer_dict",
+]
 
 
 def _pair(values: Sequence[float] | None, name: str) -> tuple[float, float] | None:
@@ -224,26 +67,9 @@ def _pair(values: Sequence[float] | None, name: str) -> tuple[float, float] | No
     return low, high
 
 
-def _fit_images(images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None] | None, foreground: str):
-    """Yield (channel-last image, mask) pairs, checking that all source images have one channel count."""
-    masks_iter = iter(masks) if masks is not None else None
-    channels = None
-    count = 0
-    for image in images:
-        array = as_channels(image)
-        mask = _mask_for(array, next(masks_iter) if masks_iter is not None else None, foreground)
-        if channels is None:
-            channels = array.shape[-1]
-        elif array.shape[-1] != channels:
-            raise DataError(f"source images mix {channels}-channel and {array.shape[-1]}-channel images")
-        count += 1
-        yield array, mask
-    if count == 0:
-        raise DataError("the reference (source) domain has no images to fit on")
-
-
 # ------------------------------------------------------------------------------------------ histogram matching
 
+@register("histmatch")
 class HistogramMatching(Harmonizer):
     """Match each target channel's histogram to the source domain's histogram.
 
@@ -257,7 +83,6 @@ class HistogramMatching(Harmonizer):
     mask is used, follow the same monotone mapping (interpolated; constant beyond the foreground's range).
     """
 
-    kind = "histmatch"
     REFERENCES = ("average", "pooled")
 
     def __init__(self, match_points: int = 100, histogram_levels: int = 1024, reference_points: int = 1025,
@@ -266,28 +91,27 @@ class HistogramMatching(Harmonizer):
         if match_points < 1 or histogram_levels < 2 or reference_points < 2:
             raise ConfigError("histogram matching needs match_points >= 1, histogram_levels >= 2, "
                               "reference_points >= 2")
-        if foreground not in FOREGROUND_METHODS:
-            raise ConfigError(f"unknown foreground method '{foreground}' (choose {', '.join(FOREGROUND_METHODS)})")
+        self.foreground = foreground  # checked by the base
         self.match_points, self.histogram_levels = int(match_points), int(histogram_levels)
         if reference not in self.REFERENCES:
             raise ConfigError(f"unknown histogram reference '{reference}' (choose {', '.join(self.REFERENCES)})")
-        self.reference_points, self.foreground, self.seed = int(reference_points), foreground, int(seed)
+        self.reference_points, self.seed = int(reference_points), int(seed)
         self.reference = reference
 
-    def params(self) -> dict[str, Any]:
-        return {"match_points": self.match_points, "histogram_levels": self.histogram_levels,
-                "reference_points": self.reference_points, "reference": self.reference,
-                "foreground": self.foreground, "seed": self.seed}
+    @classmethod
+    def uses_seed(cls, options: dict[str, Any]) -> bool:
+        """Only the pooled reference samples pixels; the average one saves the default seed."""
+        return options.get("reference") == "pooled"
 
     def fit(self, images: Iterable[np.ndarray], masks: Masks = None) -> "HistogramMatching":
         rng = np.random.default_rng(self.seed)
         levels = np.linspace(0.0, 1.0, self.reference_points)
         samples: list[list[np.ndarray]] = []
-        for image, mask in _fit_images(images, masks, self.foreground):
+        for image, mask in self.fit_images(images, masks):
             if not samples:
                 samples = [[] for _ in range(image.shape[-1])]
             for c in range(image.shape[-1]):
-                values = _channel_values(image, mask, c)
+                values = channel_values(image, mask, c)
                 if self.reference == "average":  # this image's quantile function
                     samples[c].append(np.quantile(values, levels))
                     continue
@@ -307,7 +131,7 @@ class HistogramMatching(Harmonizer):
         import SimpleITK as sitk
 
         state, array = self._fitted_channels(image)
-        mask = _mask_for(array, mask, self.foreground)
+        mask = self.mask_for(array, mask)
         matcher = sitk.HistogramMatchingImageFilter()
         matcher.SetNumberOfHistogramLevels(self.histogram_levels)
         matcher.SetNumberOfMatchPoints(self.match_points)
@@ -315,7 +139,7 @@ class HistogramMatching(Harmonizer):
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
             reference = sitk.GetImageFromArray(np.asarray(state["quantiles"][c], dtype=np.float64)[None, :])
-            valid = _valid(array, mask, c)
+            valid = valid_pixels(array, mask, c)
             values = array[..., c][valid]
             if np.ptp(values) == 0:  # a constant image has no histogram to match: move it to the source median
                 matched = np.full_like(values, np.interp(0.5, state["quantile_levels"], state["quantiles"][c]))
@@ -329,7 +153,7 @@ class HistogramMatching(Harmonizer):
                 channel = np.interp(array[..., c], values[order], matched[order])
                 channel[valid] = matched
                 out[..., c] = channel
-        return _restore_shape(keep_non_finite(out, array), image)
+        return restore_shape(keep_non_finite(out, array), image)
 
 
 # ------------------------------------------------------------------------------------- Nyúl-Udupa standardization
@@ -337,6 +161,7 @@ class HistogramMatching(Harmonizer):
 NYUL_LANDMARKS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
+@register("nyul")
 class NyulStandardization(Harmonizer):
     """Nyúl & Udupa (2000) histogram standardization, as TorchIO's ``HistogramStandardization``.
 
@@ -346,8 +171,6 @@ class NyulStandardization(Harmonizer):
     cutoffs). ``scale=None`` (default) uses the source's mean cutoff percentiles, so the output keeps the source's
     intensity units (8-bit images stay 8-bit); TorchIO uses ``(0, 100)``.
     """
-
-    kind = "nyul"
 
     def __init__(self, cutoff: Sequence[float] = (1.0, 99.0), scale: Sequence[float] | None = None,
                  foreground: str = "none") -> None:
@@ -359,22 +182,16 @@ class NyulStandardization(Harmonizer):
             scale = tuple(float(v) for v in scale)
             if len(scale) != 2 or not scale[0] < scale[1]:
                 raise ConfigError(f"Nyúl scale {scale} must be two numbers LOW < HIGH")
-        if foreground not in FOREGROUND_METHODS:
-            raise ConfigError(f"unknown foreground method '{foreground}' (choose {', '.join(FOREGROUND_METHODS)})")
         self.scale, self.foreground = scale, foreground
 
     @property
     def percentiles(self) -> np.ndarray:
         return np.array([self.cutoff[0], *NYUL_LANDMARKS, self.cutoff[1]], dtype=np.float64)
 
-    def params(self) -> dict[str, Any]:
-        return {"cutoff": list(self.cutoff), "scale": list(self.scale) if self.scale else None,
-                "foreground": self.foreground}
-
     def fit(self, images: Iterable[np.ndarray], masks: Masks = None) -> "NyulStandardization":
         per_image: list[np.ndarray] = []  # images x channels x landmarks
-        for image, mask in _fit_images(images, masks, self.foreground):
-            per_image.append(np.stack([np.percentile(_channel_values(image, mask, c), self.percentiles)
+        for image, mask in self.fit_images(images, masks):
+            per_image.append(np.stack([np.percentile(channel_values(image, mask, c), self.percentiles)
                                        for c in range(image.shape[-1])]))
         landmarks = np.stack(per_image)
         if self.scale is None:
@@ -394,8 +211,8 @@ class NyulStandardization(Harmonizer):
     def image_landmarks(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """The image's own landmark percentiles (channels x landmarks): what ``transform`` maps onto the scale."""
         array = as_channels(image)
-        mask = _mask_for(array, mask, self.foreground)
-        return np.stack([np.percentile(_channel_values(array, mask, c), self.percentiles)
+        mask = self.mask_for(array, mask)
+        return np.stack([np.percentile(channel_values(array, mask, c), self.percentiles)
                          for c in range(array.shape[-1])])
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -404,7 +221,7 @@ class NyulStandardization(Harmonizer):
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
             out[..., c] = _piecewise_linear(array[..., c], own[c], np.asarray(state["standard_landmarks"][c]))
-        return _restore_shape(keep_non_finite(out, array), image)
+        return restore_shape(keep_non_finite(out, array), image)
 
 
 def _piecewise_linear(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -425,42 +242,43 @@ def _piecewise_linear(values: np.ndarray, source: np.ndarray, target: np.ndarray
 
 # ---------------------------------------------------------------------------------------------------- z-score
 
+@register("zscore")
 class ZScore(Harmonizer):
     """Per-image, per-channel z-score within the foreground, optionally after clipping to the image's own
     ``clip`` percentiles. ``scale="source"`` then maps mean 0 / sd 1 onto the source domain's typical image
     (the mean over source images of their per-image foreground mean and sd), so outputs stay in the source's
     units; ``scale="unit"`` leaves mean 0 / sd 1 (float outputs)."""
 
-    kind = "zscore"
     SCALES = ("source", "unit")
 
     def __init__(self, scale: str = "source", clip: Sequence[float] | None = None, foreground: str = "none") -> None:
         super().__init__()
         if scale not in self.SCALES:
             raise ConfigError(f"unknown z-score scale '{scale}' (choose {', '.join(self.SCALES)})")
-        if foreground not in FOREGROUND_METHODS:
-            raise ConfigError(f"unknown foreground method '{foreground}' (choose {', '.join(FOREGROUND_METHODS)})")
-        self.scale, self.clip, self.foreground = scale, _pair(clip, "z-score clip percentiles"), foreground
+        self.foreground = foreground  # checked by the base, before the clip percentiles
+        self.scale, self.clip = scale, _pair(clip, "z-score clip percentiles")
 
-    def params(self) -> dict[str, Any]:
-        return {"scale": self.scale, "clip": list(self.clip) if self.clip else None, "foreground": self.foreground}
+    def check_input(self, stored: str, channels: int, name: str) -> None:
+        if self.scale == "unit" and stored in ("8bit", "16bit"):
+            raise ConfigError(f"z-score with scale 'unit' gives negative values, which an {stored} PNG cannot "
+                              "hold; use scale 'source' (the default)")
 
     def _clipped(self, array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if self.clip is None:
             return array
         out = np.empty_like(array)
         for c in range(array.shape[-1]):
-            low, high = np.percentile(_channel_values(array, mask, c), self.clip)
+            low, high = np.percentile(channel_values(array, mask, c), self.clip)
             out[..., c] = np.clip(array[..., c], low, high)
         return keep_non_finite(out, array)  # +-inf is missing, not the clip bound
 
     def _stats(self, array: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        values = [_channel_values(array, mask, c) for c in range(array.shape[-1])]
+        values = [channel_values(array, mask, c) for c in range(array.shape[-1])]
         return np.array([v.mean() for v in values]), np.array([v.std() for v in values])
 
     def fit(self, images: Iterable[np.ndarray], masks: Iterable[np.ndarray | None] | None = None) -> "ZScore":
         means, sds = [], []
-        for image, mask in _fit_images(images, masks, self.foreground):
+        for image, mask in self.fit_images(images, masks):
             mean, sd = self._stats(self._clipped(image, mask), mask)
             means.append(mean)
             sds.append(sd)
@@ -472,10 +290,10 @@ class ZScore(Harmonizer):
 
     def transform(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         state, array = self._fitted_channels(image)
-        mask = _mask_for(array, mask, self.foreground)
+        mask = self.mask_for(array, mask)
         array = self._clipped(array, mask)
         mean, sd = self._stats(array, mask)
         z = (array - mean) / np.where(sd > 0, sd, 1.0)
         if self.scale == "source":
             z = z * np.asarray(state["source_sd"]) + np.asarray(state["source_mean"])
-        return _restore_shape(keep_non_finite(z, array), image)
+        return restore_shape(keep_non_finite(z, array), image)

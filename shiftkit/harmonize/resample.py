@@ -16,12 +16,12 @@ one line giving both sizes, instead of failing inside SimpleITK's allocation.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from shiftkit.errors import ConfigError, DataError
-from shiftkit.harmonize.intensity import Harmonizer
+from shiftkit.harmonize.base import Harmonizer, register
 
 INTERPOLATORS = ("linear", "bspline")
 # 2**27 = 134,217,728 pixels/voxels per resampled image: 512 MiB as float32 plus its float64 copy, about 1.5 GiB in
@@ -84,10 +84,11 @@ def resample_image(image, spacing: Sequence[float], interpolator: str = "linear"
     return one(image)
 
 
+@register("resample")
 class Resampler(Harmonizer):
     """Resample to ``spacing``, or (``spacing=None``) to the source domain's median spacing learned by ``fit``."""
 
-    kind = "resample"
+    geometric = True  # fits on spacings, transforms SimpleITK images (their grid changes)
 
     def __init__(self, spacing: Sequence[float] | None = None, interpolator: str = "linear") -> None:
         super().__init__()
@@ -100,8 +101,9 @@ class Resampler(Harmonizer):
                 raise ConfigError(f"--spacing {spacing} must be positive numbers")
         self.spacing, self.interpolator = spacing, interpolator
 
-    def params(self) -> dict[str, Any]:
-        return {"spacing": list(self.spacing) if self.spacing else None, "interpolator": self.interpolator}
+    @property
+    def reads_reference(self) -> bool:
+        return self.spacing is None  # a given spacing needs no reference
 
     def fit(self, spacings: Iterable[Sequence[float]] = ()) -> "Resampler":
         """Learn the target spacing: the explicit one, else the per-axis median of the source ``spacings``."""
@@ -117,6 +119,11 @@ class Resampler(Harmonizer):
         median = np.median(np.array(spacings), axis=0)
         self.state = {"target_spacing": median.tolist(), "rule": "source median", "n_images": len(spacings)}
         return self
+
+    def check_geometry(self, size: Sequence[int], spacing: Sequence[float]) -> None:
+        target = self.target_spacing
+        if len(size) == len(target):  # a dimension mismatch is named by transform
+            check_resampled_size(size, spacing, target)
 
     @property
     def target_spacing(self) -> tuple[float, ...]:

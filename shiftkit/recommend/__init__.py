@@ -4,8 +4,8 @@
 scores the recommender by leave-one-dataset-out over the published evidence.
 """
 
-from shiftkit.recommend.evidence import STRATEGIES, Case, Evidence, Result, load_evidence
+from shiftkit.recommend.evidence import PUBLISHED_STRATEGIES, Case, Evidence, Result, load_evidence
 from shiftkit.recommend.recommender import Recommendation, ShiftFacts, StrategyAdvice, recommend
 
-__all__ = ["STRATEGIES", "Case", "Evidence", "Recommendation", "Result", "ShiftFacts", "StrategyAdvice",
+__all__ = ["PUBLISHED_STRATEGIES", "Case", "Evidence", "Recommendation", "Result", "ShiftFacts", "StrategyAdvice",
            "load_evidence", "recommend"]

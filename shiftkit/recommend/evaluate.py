@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from shiftkit.recommend.evidence import STRATEGIES, Evidence, load_evidence
+from shiftkit.recommend.evidence import PUBLISHED_STRATEGIES, Evidence, load_evidence
 from shiftkit.recommend.recommender import ShiftFacts, recommend
 
 METHODS = ("recommender", "always lp_ft", "always ft", "pooled mean")
@@ -71,8 +71,8 @@ class LodoResult:
 
 def _pooled_order(evidence: Evidence) -> list[str]:
     cases = evidence.cases()
-    mean = {s: sum(c.gains[s] for c in cases) / len(cases) for s in STRATEGIES}
-    return sorted(STRATEGIES, key=lambda s: (-mean[s], STRATEGIES.index(s)))
+    mean = {s: sum(c.gains[s] for c in cases) / len(cases) for s in PUBLISHED_STRATEGIES}
+    return sorted(PUBLISHED_STRATEGIES, key=lambda s: (-mean[s], PUBLISHED_STRATEGIES.index(s)))
 
 
 def _constant(first: str, pooled: list[str]) -> list[str]:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from shiftkit.errors import DataError
 
-STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
+PUBLISHED_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
+"""The eight strategies the published tables cover, in the paper's order (the names of
+``shiftkit.finetune.strategies.STRATEGY_CLASSES``' first eight entries; kept here so this package needs no torch)."""
 ARCHITECTURES = ("resnet50", "densenet121", "vgg19")
 TASKS = ("binary", "multiclass", "multilabel")
 RESULTS_FILE = "davila2024_results.csv"
@@ -89,7 +91,7 @@ class Case:
     def best(self) -> tuple[str, ...]:
         """The strategies with the highest gain (ties kept: ``ft`` with 0.0 can tie another 0.0)."""
         top = max(self.gains.values())
-        return tuple(s for s in STRATEGIES if s in self.gains and self.gains[s] == top)
+        return tuple(s for s in PUBLISHED_STRATEGIES if s in self.gains and self.gains[s] == top)
 
 
 def relative_gain(mean: float, mean_ft: float) -> float:
@@ -139,15 +141,16 @@ class Evidence:
                 groups.setdefault((r.dataset, r.architecture), {})[r.strategy] = r
         cases = []
         for (dataset, arch), cells in groups.items():
-            if set(cells) != set(STRATEGIES):
+            if set(cells) != set(PUBLISHED_STRATEGIES):
                 continue
             ft = cells["ft"]
             any_row = next(iter(cells.values()))
             cases.append(Case(
                 dataset=dataset, domain=any_row.domain, task=any_row.task, n_train=any_row.n_train,
                 n_classes=any_row.n_classes, architecture=arch, metric=ft.metric,
-                gains={s: relative_gain(cells[s].mean, ft.mean) for s in STRATEGIES},
-                gain_se={s: 0.0 if s == "ft" else 100.0 * math.hypot(cells[s].se, ft.se) / ft.mean for s in STRATEGIES},
+                gains={s: relative_gain(cells[s].mean, ft.mean) for s in PUBLISHED_STRATEGIES},
+                gain_se={s: 0.0 if s == "ft" else 100.0 * math.hypot(cells[s].se, ft.se) / ft.mean
+                         for s in PUBLISHED_STRATEGIES},
             ))
         return cases
 
@@ -204,7 +207,7 @@ def _load(folder: Path) -> Evidence:
             dataset=row["dataset"], domain=row["domain"], task=_check(row["task"], TASKS, "task", row, path),
             n_train=_number(row, "n_train", path, int), n_eval=_number(row, "n_eval", path, int),
             n_classes=_number(row, "n_classes", path, int), architecture=row["architecture"],
-            strategy=_check(row["strategy"], STRATEGIES, "strategy", row, path), metric=row["metric"],
+            strategy=_check(row["strategy"], PUBLISHED_STRATEGIES, "strategy", row, path), metric=row["metric"],
             mean=_number(row, "mean", path), se=_number(row, "se", path),
         ))
     path = folder / BEST_FILE
@@ -212,12 +215,12 @@ def _load(folder: Path) -> Evidence:
         dataset=row["dataset"], domain=row["domain"], n_train=_number(row, "n_train", path, int),
         n_classes=_number(row, "n_classes", path, int), task=_check(row["task"], TASKS, "task", row, path),
         architecture=row["best_architecture"],
-        strategy=_check(row["best_strategy"], STRATEGIES, "best_strategy", row, path),
+        strategy=_check(row["best_strategy"], PUBLISHED_STRATEGIES, "best_strategy", row, path),
         gain=_number(row, "relative_improvement_over_ft_pct", path),
     ) for row in _read(path, ("dataset", "domain", "n_train", "n_classes", "task", "best_architecture",
                               "best_strategy", "relative_improvement_over_ft_pct"))]
     path = folder / EFFECTIVENESS_FILE
     rows = _read(path, ("strategy", "improved_experiments_pct"))
-    effectiveness = {_check(row["strategy"], STRATEGIES, "strategy", row, path):
+    effectiveness = {_check(row["strategy"], PUBLISHED_STRATEGIES, "strategy", row, path):
                      _number(row, "improved_experiments_pct", path) for row in rows}
     return Evidence(results=tuple(results), best_cells=tuple(best), effectiveness=effectiveness)

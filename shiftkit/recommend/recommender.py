@@ -39,7 +39,7 @@ from typing import Any
 
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.recommend.evidence import ARCHITECTURES as PUBLISHED_ARCHS
-from shiftkit.recommend.evidence import STRATEGIES, Case, Evidence, load_evidence
+from shiftkit.recommend.evidence import PUBLISHED_STRATEGIES, Case, Evidence, load_evidence
 
 SIZE_BANDWIDTH = 0.5  # decades of training-set size per standard deviation of the size kernel
 CLASS_BANDWIDTH = 1.0  # doublings of the class count per standard deviation
@@ -298,8 +298,8 @@ def _size_reason(strategy: str, n: int, cases: list[Case]) -> str | None:
     if not group:
         return f"{label}: no published set is {bound}; the size weights fall back to the nearest published sizes"
     names = ", ".join(dict.fromkeys(f"{c.dataset}: {c.n_train:,}" for c in group))
-    mean = {s: _mean([c.gains[s] for c in group]) for s in STRATEGIES}
-    rank = sorted(STRATEGIES, key=lambda s: -mean[s]).index(strategy) + 1
+    mean = {s: _mean([c.gains[s] for c in group]) for s in PUBLISHED_STRATEGIES}
+    rank = sorted(PUBLISHED_STRATEGIES, key=lambda s: -mean[s]).index(strategy) + 1
     fixed, trained = _mean([mean[s] for s in EARLY_FIXED]), _mean([mean[s] for s in EARLY_TRAINED])
     family = "keep early layers fixed at first (lp, g_lf, lp_ft)" if strategy in EARLY_FIXED else \
         "train early layers from the start (ft, g_fl, l1_sp, l2_sp, auto_rgn)"
@@ -334,7 +334,7 @@ def recommend(facts: ShiftFacts, arch: str, top: int | None = None, evidence: Ev
     imbalanced = facts.imbalance is not None and facts.imbalance >= IMBALANCE_THRESHOLD
 
     advice = []
-    for s in STRATEGIES:
+    for s in PUBLISHED_STRATEGIES:
         gains = [c.gains[s] for c in cases]
         pooled = sum(w * g for w, g in zip(pooled_w, gains)) / sum(pooled_w)
         mean = (sum(w * g for w, g in zip(weights, gains)) + SHRINKAGE * pooled) / (total + SHRINKAGE)
@@ -375,7 +375,7 @@ def recommend(facts: ShiftFacts, arch: str, top: int | None = None, evidence: Ev
                        "domain": c.domain, "weight": weights[cases.index(c)] / total, "gain": c.gains[s],
                        "se": c.gain_se[s]} for c in top_cases],
         ))
-    advice.sort(key=lambda a: (-a.expected_gain, a.uncertainty, STRATEGIES.index(a.strategy)))
+    advice.sort(key=lambda a: (-a.expected_gain, a.uncertainty, PUBLISHED_STRATEGIES.index(a.strategy)))
     notes.extend(_shift_notes(facts))
     return Recommendation(
         arch=arch, facts=facts, ranking=advice[:top] if top else advice,

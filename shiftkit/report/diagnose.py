@@ -14,15 +14,11 @@ from shiftkit.io import json_text, write_files
 from shiftkit.report import plots
 from shiftkit.recommend.recommender import ShiftFacts, recommend
 from shiftkit.report.html import Page
+from shiftkit.report.sections import SectionContext, register, sections
+from shiftkit.shift import registry
 from shiftkit.shift.diagnose import Embedded
 from shiftkit.shift.profile import ShiftProfile
 
-TEST_NAMES = {
-    "mmd": "MMD² (RBF, permutation)",
-    "domain_classifier": "domain classifier (AUC)",
-    "ot": "sliced Wasserstein (permutation)",
-    "bbsd": "BBSD: KS per output (Bonferroni)",
-}
 STYLE = {"none": "green", "mild": "yellow", "strong": "bold red", "undecided": "magenta", "not measured": "dim"}
 
 
@@ -33,27 +29,30 @@ def _plots(profile: ShiftProfile, data: Embedded) -> dict[str, bytes]:
     if label is not None:
         figures["priors"] = plots.prior_bars(list(label.classes), label.source_prior, label.target_prior,
                                              label.ci, profile.true_target_prior)
-    bbsd = profile.covariate.get("bbsd")
-    if bbsd is not None and bbsd.details.get("ks"):
-        figures["per_dimension"] = plots.per_dimension(bbsd.details["ks"], bbsd.details["p_values"],
-                                                       "classifier output" if label is not None else "PCA dimension")
+    for name, test in profile.covariate.items():  # the first test with per-dimension values (BBSD) gets a plot
+        keys = registry.shown(name).per_dimension
+        if keys is not None and test.details.get(keys[0]):
+            figures["per_dimension"] = plots.per_dimension(test.details[keys[0]], test.details[keys[1]],
+                                                           "classifier output" if label is not None else "PCA dimension")
+            break
     return figures
 
 
-def _html(profile: ShiftProfile, figures: dict[str, bytes], skipped: list[dict] = (),
-          recommended: dict | None = None) -> str:
-    s = profile.settings
-    page = Page(f"Shift diagnosis: {s['source']} → {s['target']}")
-    page.heading("Verdict")
-    for name, verdict in profile.verdict.items():
+# ---------------------------------------------------------------------------------------- built-in sections
+
+def _verdict_html(page: Page, _content, ctx: SectionContext) -> None:
+    for name, verdict in ctx.profile.verdict.items():
         page.parts.append(f'<p><b>{name} shift</b>: <span class="verdict-{verdict.level.split()[0]}">'
                           f"{html_text.escape(verdict.level)}</span> — {html_text.escape(verdict.reason)}</p>")
-    d = profile.dataset
+    d = ctx.profile.dataset
     page.paragraph(f"{d.n_source} source and {d.n_target} target images; classes: {', '.join(d.classes) or 'none'}"
                    f"; {d.target_labelled} target images labelled.", "note")
-    page.heading("Covariate shift, P(X)")
+
+
+def _covariate_html(page: Page, _content, ctx: SectionContext) -> None:
+    profile, figures = ctx.profile, ctx.figures
     page.table(["test", "statistic", "p-value", "n source", "n target", "details"],
-               [[TEST_NAMES.get(n, n), t.statistic, t.p_value, t.n_source, t.n_target, _details(n, t)]
+               [[registry.label(n), t.statistic, t.p_value, t.n_source, t.n_target, registry.shown(n).details_text(t)]
                 for n, t in profile.covariate.items()])
     page.image(figures["embedding"], "embedding scatter")
     if "per_dimension" in figures:
@@ -62,49 +61,47 @@ def _html(profile: ShiftProfile, figures: dict[str, bytes], skipped: list[dict] 
     if differing:
         page.paragraph("Acquisition metadata that differs between the domains:")
         page.table(["field", "source", "target"], [[m["field"], m["source"], m["target"]] for m in differing])
-    page.heading("Label shift, P(Y)")
+
+
+def _label_html(page: Page, _content, ctx: SectionContext) -> None:
+    profile = ctx.profile
     if profile.label is None:
         page.paragraph(profile.verdict["label"].reason)
-    else:
-        label = profile.label
-        true = profile.true_target_prior or {}
-        page.table(["class", "source prior", "target prior (estimated)", "95% interval", "weight q/p", "true target"],
-                   [[c, label.source_prior[c], label.target_prior[c],
-                     f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", label.weights.get(c), true.get(c)]
-                    for c in label.classes])
-        page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}.", "note")
-        page.image(figures["priors"], "class priors")
-    page.heading("Concept shift, P(Y|X)")
+        return
+    label = profile.label
+    true = profile.true_target_prior or {}
+    page.table(["class", "source prior", "target prior (estimated)", "95% interval", "weight q/p", "true target"],
+               [[c, label.source_prior[c], label.target_prior[c],
+                 f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", label.weights.get(c), true.get(c)]
+                for c in label.classes])
+    page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}.", "note")
+    page.image(ctx.figures["priors"], "class priors")
+
+
+def _concept_html(page: Page, _content, ctx: SectionContext) -> None:
+    profile = ctx.profile
     if profile.concept is None:
         page.paragraph(profile.verdict["concept"].reason)
-    else:
-        c = profile.concept
-        page.table(["p-value", "target error", "expected under covariate + label shift", "gap", "λ*"],
-                   [[c.p_value, c.observed_target_error, c.expected_target_error, c.error_gap, c.lambda_star]])
-    if recommended is not None:
-        _recommendation_html(page, recommended)
+        return
+    c = profile.concept
+    page.table(["p-value", "target error", "expected under covariate + label shift", "gap", "λ*"],
+               [[c.p_value, c.observed_target_error, c.expected_target_error, c.error_gap, c.lambda_star]])
+
+
+def _skipped_html(page: Page, _content, ctx: SectionContext) -> None:
+    skipped = ctx.report["skipped_images"]
     if skipped:
         page.heading("Skipped images")
         page.paragraph(f"{len(skipped)} unreadable image(s) were left out (--on-bad-image skip).", "note")
         page.table(["domain", "image", "reason"], [[s["domain"], s["path"], s["reason"]] for s in skipped])
-    page.heading("Settings")
-    page.table(["setting", "value"], [[k, v] for k, v in s.items()])
-    return page.render()
 
 
-def _details(name: str, test) -> str:
-    d = test.details
-    if name == "domain_classifier":
-        return f"PAD {d.get('pad', float('nan')):.3f} (95% {d['pad_ci'][0]:.3f}–{d['pad_ci'][1]:.3f})" if "pad_ci" in d else ""
-    if name == "mmd":
-        return f"bandwidth {d.get('bandwidth', float('nan')):.4g}"
-    if name == "ot" and "exact_emd" in d:
-        return f"exact EMD {d['exact_emd']:.4g} on {d.get('exact_emd_n')} per side"
-    return ""
+def _settings_html(page: Page, _content, ctx: SectionContext) -> None:
+    page.table(["setting", "value"], [[k, v] for k, v in ctx.profile.settings.items()])
 
 
-def _recommendation_html(page: Page, recommended: dict) -> None:
-    page.heading("Recommended fine-tuning strategy")
+def _recommendation_html(page: Page, _content, ctx: SectionContext) -> None:
+    recommended = ctx.report["recommendation"]
     page.paragraph(f"Expected relative gain over ft (% of the main metric) for {recommended['arch']}, best first; "
                    "`shiftkit recommend report.json` prints it again (README, Recommendation).", "note")
     page.table(["#", "strategy", "expected gain (%)", "± uncertainty", "reasons"],
@@ -112,6 +109,28 @@ def _recommendation_html(page: Page, recommended: dict) -> None:
                 for rank, a in enumerate(recommended["ranking"], start=1)])
     for note in recommended["notes"]:
         page.paragraph(note, "note")
+
+
+register("verdict", title="Verdict", html=_verdict_html)
+register("covariate", title="Covariate shift, P(X)", html=_covariate_html)
+register("label", title="Label shift, P(Y)", html=_label_html)
+register("concept", title="Concept shift, P(Y|X)", html=_concept_html)
+register("recommendation", title="Recommended fine-tuning strategy", html=_recommendation_html)
+register("skipped_images", title="Skipped images", html=_skipped_html, heading=False)
+register("settings", title="Settings", html=_settings_html)
+
+
+def html_page(ctx: SectionContext) -> str:
+    """The self-contained report.html: every registered section in order."""
+    s = ctx.profile.settings
+    page = Page(f"Shift diagnosis: {s['source']} → {s['target']}")
+    for section in sections():
+        if section.measure is not None and ctx.report.get(section.name) is None:
+            continue  # measured, and nothing to show for this data
+        if section.heading:
+            page.heading(section.title)
+        section.html(page, ctx.report.get(section.name), ctx)
+    return page.render()
 
 
 def recommendation(report: dict, domain: str | None = None) -> dict:
@@ -127,24 +146,30 @@ def skipped_images(profile: ShiftProfile, data: Embedded) -> list[dict]:
 
 
 def write_report(profile: ShiftProfile, data: Embedded, out: Path, domain: str | None = None) -> dict:
+    """report.json, report.html and plots/*.png, written as one set once every section has been measured."""
     report = {**profile.to_dict(), "skipped_images": skipped_images(profile, data)}
     report["recommendation"] = recommendation(report, domain)
-    figures = _plots(profile, data)  # everything is computed before the first file is written
-    html = _html(profile, figures, report["skipped_images"], report["recommendation"])
+    ctx = SectionContext(profile, data, report, _plots(profile, data))
+    for section in sections():
+        if section.measure is not None:
+            report[section.name] = section.measure(ctx)
+    html = html_page(ctx)  # everything is computed before the first file is written
     files = {out / "report.json": lambda tmp, text=json_text(report): tmp.write_text(text)}
-    for name, png in figures.items():
+    for name, png in ctx.figures.items():
         files[out / "plots" / f"{name}.png"] = lambda tmp, png=png: tmp.write_bytes(png)
     files[out / "report.html"] = lambda tmp: tmp.write_text(html)
     write_files(files)  # one set: a full disk leaves the previous report (or none), never half of this one
     return report
 
 
-def print_summary(profile: ShiftProfile, console: Console) -> None:
+def print_summary(profile: ShiftProfile, console: Console, report: dict | None = None) -> None:
+    """The terminal summary: covariate tests, label priors, each registered section's own table (from
+    ``report``, what :func:`write_report` returned) and the verdicts."""
     table = Table(title="Covariate shift")
     for column in ("test", "statistic", "p-value", "n source", "n target"):
         table.add_column(column, justify="left" if column == "test" else "right")
     for name, t in profile.covariate.items():
-        table.add_row(TEST_NAMES.get(name, name), f"{t.statistic:.4g}", f"{t.p_value:.3g}", str(t.n_source),
+        table.add_row(registry.label(name), f"{t.statistic:.4g}", f"{t.p_value:.3g}", str(t.n_source),
                       str(t.n_target))
     console.print(table)
     if profile.label is not None:
@@ -158,6 +183,9 @@ def print_summary(profile: ShiftProfile, console: Console) -> None:
                            f"{label.ci[c][0]:.3f}–{label.ci[c][1]:.3f}",
                            f"{true[c]:.3f}" if c in true else "—")
         console.print(priors)
+    for section in sections() if report is not None else ():
+        if section.terminal is not None and report.get(section.name) is not None:
+            section.terminal(console, report[section.name])
     for name, verdict in profile.verdict.items():
         console.print(f"[bold]{name} shift:[/] [{STYLE.get(verdict.level, '')}]{escape(verdict.level)}[/] — "
                       f"{escape(verdict.reason)}", highlight=False)

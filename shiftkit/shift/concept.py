@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.special import softmax
 
 from shiftkit.errors import ConfigError
 from shiftkit.shift.stats import PValueResult, ShiftInputError, as_float_array, encode_labels, permutation_p_value
@@ -100,7 +101,10 @@ def _standardise(x: np.ndarray, reference: np.ndarray | None = None) -> np.ndarr
 
 
 def _folds(key: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
-    """Fold ids 0..K-1, stratified by ``key``: each stratum is shuffled and dealt round-robin from a random offset."""
+    """Fold ids 0..K-1, stratified by ``key``: each stratum is shuffled and dealt round-robin from a random offset.
+
+    Not scikit-learn's ``StratifiedKFold``: that warns when a stratum has fewer members than folds (the (domain,
+    class) strata here often do) and refuses when all do, and its folds differ, so the seeded results would change."""
     n = len(key)
     k = max(2, min(n_folds, n))
     fold = np.empty(n, dtype=np.int64)
@@ -113,16 +117,16 @@ def _folds(key: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:
-    s = s - s.max(axis=1, keepdims=True)
-    e = np.exp(s)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(s, axis=1)
 
 
 def newton_logreg(x: np.ndarray, y: np.ndarray, k: int, C: float = 1.0, sample_weight: np.ndarray | None = None,
                   max_iter: int = 100, tol: float = 1e-9, init: np.ndarray | None = None) -> np.ndarray:
     """Multinomial L2 logistic regression by damped Newton: ``(p + 1) x k`` weights, the last row the intercepts.
 
-    Minimises ``C * sum_i w_i * (-log softmax(W^T [x_i, 1])_{y_i}) + ||W[:p]||^2 / 2``, scikit-learn's multinomial
+    Kept rather than scikit-learn's ``LogisticRegression`` for the small problems that the permutation and bootstrap
+    loops refit hundreds of times: a few exact Newton steps converge where L-BFGS needs many gradient steps, several
+    times faster here (larger problems do go to scikit-learn, see :func:`_fit_proba`). Minimises ``C * sum_i w_i * (-log softmax(W^T [x_i, 1])_{y_i}) + ||W[:p]||^2 / 2``, scikit-learn's multinomial
     objective (symmetric parametrisation, intercepts unpenalised), so it agrees with ``LogisticRegression(C=C)``
     for 3 or more classes; with 2 classes the symmetric parametrisation halves the penalty relative to
     scikit-learn's binomial one. Used for the small problems of the permutation loop, where it is several times
@@ -221,7 +225,9 @@ def _cross_fit(x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int, C: float,
 
 
 def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(proba[np.arange(len(y)), y])))
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y, proba, labels=np.arange(proba.shape[1])))
 
 
 def _density_weights(pi: np.ndarray, n_s: int, n_t: int, max_weight: float) -> tuple[np.ndarray, int]:
@@ -243,12 +249,12 @@ def _permute_within(strata: np.ndarray, d: np.ndarray, rng: np.random.Generator)
 
 
 def _pca(z: np.ndarray, max_dim: int, seed: int) -> np.ndarray:
-    dim = min(max_dim, z.shape[0])  # PCA has at most as many components as images
-    if z.shape[1] <= dim:
+    """``z`` on its first ``max_dim`` principal components (``z`` itself when it has no more columns than that)."""
+    if z.shape[1] <= min(max_dim, z.shape[0]):  # PCA has at most as many components as images
         return z
-    from sklearn.decomposition import PCA
+    from shiftkit.features import pca_model
 
-    return PCA(n_components=dim, random_state=seed).fit_transform(z)
+    return pca_model(z, max_dim, seed).fit_transform(z)
 
 
 # ----------------------------------------------------------------------------------------------------------------

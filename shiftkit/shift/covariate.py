@@ -10,7 +10,8 @@ Four tests, each returning a frozen :class:`~shiftkit.shift.stats.TestResult`:
 - :func:`bbsd_ks_test` -- black-box shift detection: per-dimension Kolmogorov-Smirnov tests on softmax outputs
   (or PCA dimensions) with a Bonferroni correction (Lipton et al. 2018; Rabanser et al. 2019).
 
-:func:`run_covariate_tests` runs any subset of them with one seed.
+Each is registered in :mod:`shiftkit.shift.registry` where it is defined (the ``@register`` line above it says
+what it reads and how the reports show it); :func:`run_covariate_tests` runs any registered subset with one seed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from scipy import stats as sps
 from scipy.spatial.distance import pdist
 
+from shiftkit.shift.registry import TestInputs, TestSettings, names, register, run_tests
 from shiftkit.shift.stats import TestResult, as_float_array, permutation_p_value
 
 __all__ = [
@@ -36,8 +38,6 @@ __all__ = [
     "ot_test",
     "run_covariate_tests",
 ]
-
-COVARIATE_TESTS = ("mmd", "domain_classifier", "ot", "bbsd")
 
 # Elements of one (chunk x N) float64 kernel block when no chunk size is given: 2**23 doubles = 64 MiB per block
 # (a handful of such blocks are alive at once), which keeps 20,000 vs 20,000 well inside a few GB.
@@ -71,27 +71,18 @@ def _check_count(value: int, name: str, minimum: int) -> int:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """None/'cpu' -> CPU; 'auto' -> CUDA when available; anything else as torch spells it."""
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available")
-    return resolved
+    """None/'cpu' -> CPU; 'auto' -> CUDA when available (the one resolver: :mod:`shiftkit.device`)."""
+    from shiftkit.device import resolve_device
+
+    return resolve_device(device)
 
 
 def _wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion."""
+    """Wilson score interval for a binomial proportion (scipy's; (0, 1) without trials)."""
     if trials <= 0:
         return (0.0, 1.0)
-    z = float(sps.norm.ppf(0.5 + confidence / 2))
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    interval = sps.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(interval.low), float(interval.high))
 
 
 def _random_permutations(n_total: int, permutations: int, rng: np.random.Generator) -> np.ndarray:
@@ -239,6 +230,13 @@ def _mmd_permutation_null(
     return observed, null.cpu().numpy().astype(np.float64)
 
 
+def _describe_mmd(result: TestResult) -> str:
+    return f"bandwidth {result.details.get('bandwidth', float('nan')):.4g}"
+
+
+@register("mmd", label="MMD² (RBF, permutation)", short="MMD²", input="reduced",
+          defaults=("diagnose", "audit", "harmonize"), summary=("bandwidth",), columns=(("MMD²", "statistic"), ("p", "p_value")),
+          heatmap=("statistic", "MMD² (PCA embeddings)"), number_format=".4f", describe=_describe_mmd)
 def mmd_test(
     source: Any,
     target: Any,
@@ -322,6 +320,15 @@ def _domain_classifier_model(seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
 
 
+def _describe_domain_classifier(result: TestResult) -> str:
+    d = result.details
+    return f"PAD {d.get('pad', float('nan')):.3f} (95% {d['pad_ci'][0]:.3f}–{d['pad_ci'][1]:.3f})" if "pad_ci" in d else ""
+
+
+@register("domain_classifier", label="domain classifier (AUC)", short="domain classifier", input="full",
+          defaults=("diagnose", "audit", "harmonize"), summary=("auc", "error", "pad", "pad_ci", "n_used"),
+          columns=(("PAD", "pad"), ("AUC", "auc")), heatmap=("pad", "PAD = 2(1 − 2ε)"), number_format=".3f",
+          describe=_describe_domain_classifier)
 def domain_classifier_test(source: Any, target: Any, folds: int = 5, seed: int = 0) -> TestResult:
     """Logistic regression between the two domains, stratified K-fold out-of-fold predictions.
 
@@ -416,7 +423,9 @@ def _sliced_null(
 
     The same projections serve every permutation (a fair null for the observed statistic); permuted samples are
     stacked along columns so one vectorised 1-D Wasserstein call handles a block of permutations. Equals
-    ``ot.sliced_wasserstein_distance`` with the same projections (checked in the tests).
+    ``ot.sliced_wasserstein_distance`` with the same projections (checked in the tests); kept instead of calling POT
+    once per permutation, which would project the pooled sample again and search each column's quantiles
+    separately for every permutation.
     """
     n_total, n_proj = projected.shape
     m = n_total - n
@@ -433,6 +442,19 @@ def _sliced_null(
     return out
 
 
+def _describe_ot(result: TestResult) -> str:
+    d = result.details
+    return f"exact EMD {d['exact_emd']:.4g} on {d.get('exact_emd_n')} per side" if "exact_emd" in d else ""
+
+
+# Sliced-Wasserstein permutations cost a sort each: at most this many unless the caller sets OT's own number.
+OT_PERMUTATION_CAP = 200
+
+
+@register("ot", label="sliced Wasserstein (permutation)", short="sliced Wasserstein", input="reduced",
+          defaults=("diagnose", "audit"), permutation_cap=OT_PERMUTATION_CAP, summary=("projections",),
+          columns=(("SW", "statistic"), ("p", "p_value")), heatmap=("statistic", "sliced Wasserstein distance"),
+          number_format=".3f", describe=_describe_ot)
 def ot_test(
     source: Any,
     target: Any,
@@ -498,6 +520,9 @@ def ot_test(
 # --------------------------------------------------------------------------------------------------------- BBSD
 
 
+@register("bbsd", label="BBSD: KS per output (Bonferroni)", short="BBSD", input="outputs", defaults=("diagnose",),
+          summary=("dimensions",), columns=(("KS D", "statistic"), ("p", "p_value")), heatmap=("statistic", "BBSD: max KS D"),
+          per_dimension=("ks", "p_values"))
 def bbsd_ks_test(source_outputs: Any, target_outputs: Any) -> TestResult:
     """Black-box shift detection: two-sample KS test per column, Bonferroni-corrected.
 
@@ -506,12 +531,9 @@ def bbsd_ks_test(source_outputs: Any, target_outputs: Any) -> TestResult:
     """
     x, y = _two_samples(source_outputs, target_outputs, names=("source_outputs", "target_outputs"))
     d = x.shape[1]
-    ks = np.empty(d)
-    p_values = np.empty(d)
-    for j in range(d):
-        result = sps.ks_2samp(x[:, j], y[:, j])
-        ks[j] = result.statistic
-        p_values[j] = result.pvalue
+    per_column = sps.ks_2samp(x, y, axis=0)  # one KS test per column, as a loop over columns would give
+    ks = np.atleast_1d(np.asarray(per_column.statistic, dtype=np.float64))
+    p_values = np.atleast_1d(np.asarray(per_column.pvalue, dtype=np.float64))
     return TestResult(
         test="bbsd",
         statistic=float(ks.max()),
@@ -535,6 +557,8 @@ def bbsd_ks_test(source_outputs: Any, target_outputs: Any) -> TestResult:
 
 # ---------------------------------------------------------------------------------------------------------- all
 
+COVARIATE_TESTS = names()  # the built-in tests registered above (every registered one, later: registry.names())
+
 
 def run_covariate_tests(
     source: Any,
@@ -548,32 +572,17 @@ def run_covariate_tests(
     *,
     ot_permutations: int | None = None,
 ) -> dict[str, TestResult]:
-    """Run the named covariate-shift tests; returns {name: TestResult} in the order asked.
+    """Run the named registered tests on ``source`` and ``target``; returns {name: TestResult} in the order asked.
 
-    ``permutations`` is used by MMD; OT uses ``ot_permutations`` (default min(permutations, 200), as sliced
-    Wasserstein permutations cost a sort each). ``bbsd`` (KS per output) uses the classifier outputs when both are given,
-    otherwise the embeddings themselves.
+    ``permutations`` is the permutation budget (MMD uses all of it); OT uses ``ot_permutations`` (default
+    min(permutations, 200), as sliced Wasserstein permutations cost a sort each). Tests that read classifier
+    outputs (``bbsd``: KS per output) use ``source_outputs``/``target_outputs`` when both are given, otherwise the
+    embeddings themselves; tests that read the full embedding get ``source``/``target`` too.
     """
-    tests = tuple(tests)
-    unknown = [t for t in tests if t not in COVARIATE_TESTS]
-    if unknown:
-        raise ValueError(f"unknown covariate test(s) {unknown}; choose from {list(COVARIATE_TESTS)}")
     if (source_outputs is None) != (target_outputs is None):
         raise ValueError("give both source_outputs and target_outputs, or neither")
     x, y = _two_samples(source, target)
-    if ot_permutations is None:
-        ot_permutations = min(int(permutations), 200)
-    results: dict[str, TestResult] = {}
-    for name in tests:
-        if name == "mmd":
-            results[name] = mmd_test(x, y, permutations=permutations, seed=seed, device=device)
-        elif name == "domain_classifier":
-            results[name] = domain_classifier_test(x, y, seed=seed)
-        elif name == "ot":
-            results[name] = ot_test(x, y, permutations=ot_permutations, seed=seed)
-        elif name == "bbsd":
-            if source_outputs is not None:
-                results[name] = bbsd_ks_test(source_outputs, target_outputs)
-            else:
-                results[name] = bbsd_ks_test(x, y)
-    return results
+    outputs = (source_outputs, target_outputs) if source_outputs is not None else None
+    options = {"ot": {"permutations": int(ot_permutations)}} if ot_permutations is not None else {}
+    return run_tests(tests, TestInputs(reduced=(x, y), full=(x, y), outputs=outputs),
+                     TestSettings(seed=seed, permutations=permutations, device=device, options=options))

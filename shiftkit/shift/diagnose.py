@@ -11,25 +11,24 @@ from typing import Callable
 import numpy as np
 
 from shiftkit import __version__
-from shiftkit.data.dataset import stratified_split
 from shiftkit.data.metadata import metadata_differences, table_metadata
 from shiftkit.data.preprocess import check_image_size
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.paths import safe_resolve
-from shiftkit.data.table import LABEL_SEPARATOR, ImageTable, check_label_spellings, load_table
+from shiftkit.data.table import LABEL_SEPARATOR, ImageTable, check_label_spellings, load_table, subsample_table
 from shiftkit.data.validate import SkippedImage, check_policy, require_images_left
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.features import Representation, extract, fit_pca, load_finetuned
-from shiftkit.finetune.trainer import resolve_device
+from shiftkit.hooks import StageHook, StepHook
+from shiftkit.device import resolve_device
 from shiftkit.models.registry import build_model
 from shiftkit.privacy import shown_path
+from shiftkit.shift import registry
 from shiftkit.shift.profile import ALPHA, DatasetProfile, ShiftProfile
 
-from shiftkit.shift.covariate import COVARIATE_TESTS  # noqa: E402  (mmd, domain_classifier, ot, bbsd)
 LABEL_METHODS = ("em_bcts", "bbse", "rlls")
 MIN_IMAGES = 4  # per domain: below this no two-sample test means anything
-OT_PERMUTATIONS = 200  # sliced-Wasserstein permutations (a sort each) are capped here, as are the concept test's
-CONCEPT_PERMUTATIONS = 200
+CONCEPT_PERMUTATIONS = 200  # the concept test refits its models per permutation: capped here
 
 
 @dataclass
@@ -40,7 +39,7 @@ class DiagnoseRequest:
     weights: str = "imagenet"
     checkpoint: Path | None = None  # a `shiftkit finetune` output folder: its model embeds and classifies
     target_labels: Path | None = None
-    tests: tuple[str, ...] = COVARIATE_TESTS
+    tests: tuple[str, ...] = field(default_factory=lambda: registry.default_tests("diagnose"))
     permutations: int = 1000
     bootstrap: int = 200
     label_method: str = "em_bcts"
@@ -68,17 +67,6 @@ class Embedded:
     arch: str
     weights: str
     skipped: dict[str, list[SkippedImage]] = field(default_factory=dict)  # per domain, under --on-bad-image skip
-
-
-def _subsample(table: ImageTable, limit: int | None, seed: int) -> ImageTable:
-    """A seeded subset of ``limit`` images, stratified by label when there are labels (rare classes survive)."""
-    if limit is None or len(table) <= limit:
-        return table
-    try:
-        keep, _ = stratified_split(table, len(table) - limit, seed)
-    except DataError:  # more classes than images to keep: a plain random subset
-        keep = table.subset(sorted(np.random.default_rng(seed).choice(len(table), limit, replace=False).tolist()))
-    return keep
 
 
 def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTable:
@@ -112,9 +100,7 @@ def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTa
 
 
 def _check(request: DiagnoseRequest) -> None:
-    unknown = [t for t in request.tests if t not in COVARIATE_TESTS]
-    if unknown:
-        raise ConfigError(f"unknown test '{unknown[0]}' (choose from {', '.join(COVARIATE_TESTS)})")
+    registry.check_names(request.tests, noun="test")
     if request.label_method not in LABEL_METHODS:
         raise ConfigError(f"unknown label-shift method '{request.label_method}' (choose {', '.join(LABEL_METHODS)})")
     if request.permutations < 1 or request.bootstrap < 1:
@@ -129,9 +115,9 @@ def _check(request: DiagnoseRequest) -> None:
 
 
 def load_domains(request: DiagnoseRequest) -> tuple[ImageTable, ImageTable]:
-    source = _subsample(load_table(request.source), request.max_images, request.seed)
+    source = subsample_table(load_table(request.source), request.max_images, request.seed)
     target = _with_target_labels(load_table(request.target), request.target_labels)  # label first, then subsample
-    target = _subsample(target, request.max_images, request.seed + 1)
+    target = subsample_table(target, request.max_images, request.seed + 1)
     for name, table in (("source", source), ("target", target)):
         if len(table) < MIN_IMAGES:
             raise DataError(f"{table.source}: the {name} has {len(table)} image(s); a shift test needs at least {MIN_IMAGES}")
@@ -184,7 +170,6 @@ def _dataset_profile(source: ImageTable, target: ImageTable) -> DatasetProfile:
 def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], None] | None = None) -> ShiftProfile:
     """All measurements on embedded domains; ``on_step`` is told what runs next (for progress)."""
     from shiftkit.shift.concept import concept_shift_test
-    from shiftkit.shift.covariate import domain_classifier_test, run_covariate_tests
     from shiftkit.shift.label import SourceClassifier, estimate_label_shift
     from shiftkit.shift.stats import ShiftInputError
 
@@ -212,11 +197,12 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
                 target_logits = np.log(np.clip(data.target.probabilities, 1e-12, None))
             else:
                 classifier = SourceClassifier.fit(src_emb, source_y, list(source.classes), seed=request.seed)
-                target_logits = classifier.logits(tgt_emb)
+                target_logits = classifier.log_probabilities(tgt_emb)
         except ShiftInputError as exc:  # e.g. a class with a single source image: report the rest
             not_measured["label"] = not_measured["concept"] = str(exc)
             single_label = False
-    # BBSD compares the classifier's outputs on held-out source images with its outputs on the target.
+    # Tests reading "outputs" (BBSD) compare the classifier's outputs on held-out source images with its outputs on
+    # the target.
     if classifier is not None:
         src_out, tgt_out = np.exp(classifier.held_out_logits), np.exp(target_logits)  # log-softmax -> softmax
     elif data.source.probabilities is not None:  # a fine-tuned model's outputs: the black box BBSD is made for
@@ -224,15 +210,9 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
     else:
         src_out, tgt_out = src_low, tgt_low
     step("covariate shift tests")
-    low_dim_tests = tuple(t for t in request.tests if t != "domain_classifier")
-    covariate = run_covariate_tests(
-        src_low, tgt_low, source_outputs=src_out, target_outputs=tgt_out, tests=low_dim_tests,
-        permutations=request.permutations, seed=request.seed, device=request.device,
-        ot_permutations=min(request.permutations, OT_PERMUTATIONS),
-    )
-    if "domain_classifier" in request.tests:  # the classifier sees the full embedding, not the PCA
-        covariate["domain_classifier"] = domain_classifier_test(src_emb, tgt_emb, seed=request.seed)
-    covariate = {name: covariate[name] for name in request.tests}
+    inputs = registry.TestInputs(reduced=(src_low, tgt_low), full=(src_emb, tgt_emb), outputs=(src_out, tgt_out))
+    test_settings = registry.TestSettings(seed=request.seed, permutations=request.permutations, device=request.device)
+    covariate = registry.run_tests(request.tests, inputs, test_settings, noun="test")
     if classifier is not None:
         for method in LABEL_METHODS:
             step(f"label shift ({method})")
@@ -263,8 +243,8 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
         "on_bad_image": request.on_bad_image, "anonymize_paths": request.anonymize_paths,
         "embedding_dim": int(src_emb.shape[1]), "pca": int(src_low.shape[1]) if pca else None,
         "tests": list(request.tests),
-        "permutations": {"mmd": request.permutations, "ot": min(request.permutations, OT_PERMUTATIONS),
-                         "concept": min(request.permutations, CONCEPT_PERMUTATIONS)},
+        "permutations": {**{t.name: t.permutations(test_settings) for t in map(registry.get, registry.names())
+                            if t.permutes}, "concept": min(request.permutations, CONCEPT_PERMUTATIONS)},
         "bootstrap": request.bootstrap,
         "label_method": request.label_method, "alpha": request.alpha, "seed": request.seed,
         "max_images": request.max_images, "measure_seconds": round(time.perf_counter() - started, 2),
@@ -277,7 +257,8 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
     )
 
 
-def run_diagnose(request: DiagnoseRequest, on_stage=None, on_step=None) -> tuple[ShiftProfile, Embedded]:
+def run_diagnose(request: DiagnoseRequest, on_stage: StageHook | None = None,
+                 on_step: StepHook | None = None) -> tuple[ShiftProfile, Embedded]:
     _check(request)
     source, target = load_domains(request)
     data = embed(request, source, target, on_stage)

@@ -36,6 +36,8 @@ class TestResult(PValueResult):
     intervals, per-dimension values) as plain JSON-able values.
     """
 
+    __test__ = False  # a result, not a pytest test class (its name starts with "Test")
+
     test: str
     statistic: float
     p_value: float
