@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import math
+import scipy.stats as sps
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -46,8 +46,7 @@ def mean_se(values: Sequence[float | None]) -> tuple[float | None, float | None,
     mean = sum(xs) / n
     if n == 1:
         return mean, None, 1
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, sd / math.sqrt(n), n
+    return mean, float(sps.sem(xs)), n  # ddof=1: the sample sd over sqrt(n)
 
 
 def _monitor_score(record: dict) -> float | None:

@@ -37,16 +37,15 @@ def correlation_ratio(values: np.ndarray, groups: Sequence) -> float:
 
 def cramers_v(a: Sequence, b: Sequence) -> float:
     """Cramér's V of two categorical variables (no bias correction): 0 independent, 1 one determines the other."""
+    from scipy.stats.contingency import association
+
     a_levels, a_codes = np.unique(np.asarray([str(x) for x in a]), return_inverse=True)
     b_levels, b_codes = np.unique(np.asarray([str(x) for x in b]), return_inverse=True)
-    k = min(len(a_levels), len(b_levels))
-    if k < 2:
+    if min(len(a_levels), len(b_levels)) < 2:
         return 0.0
-    table = np.zeros((len(a_levels), len(b_levels)))
-    np.add.at(table, (a_codes, b_codes), 1.0)
-    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
-    chi2 = float(((table - expected) ** 2 / expected).sum())
-    return float(math.sqrt(chi2 / (table.sum() * (k - 1))))
+    table = np.zeros((len(a_levels), len(b_levels)), dtype=np.int64)
+    np.add.at(table, (a_codes, b_codes), 1)
+    return float(association(table, method="cramer", correction=False))
 
 
 def leakage_messages(
