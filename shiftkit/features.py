@@ -4,6 +4,11 @@ Embeddings are the inputs of the network's final layer, captured with a forward 
 architecture in :mod:`shiftkit.models` works unchanged. They are computed in batches (on the GPU when there is
 one) and cached on disk under a key made of the images' content, the model and the preprocessing, so that a
 second ``diagnose`` or ``audit`` on the same images never runs the network again.
+
+With ``blocks=True`` the same pass also collects, through :class:`shiftkit.models.blocks.BlockProbe`, a pooled
+descriptor per image for every block of the architecture's partition but the head's (per-channel mean and std of
+the block's output) and the BatchNorm layers' input moments over the whole domain; both go into the same cache
+entry as extra arrays.
 """
 
 from __future__ import annotations
@@ -25,17 +30,25 @@ from shiftkit.data.readers import ReadOptions
 from shiftkit.data.table import ImageTable
 from shiftkit.errors import ImageReadError, ModelError
 from shiftkit.io import atomic_write
+from shiftkit.models.blocks import BlockProbe, probed_blocks
 from shiftkit.models.registry import AdaptedModel, build_model
 
 
 @dataclass(frozen=True)
 class Representation:
     """Per image (rows in the table's order): ``embeddings`` (n x d) and, when the model has a trained head,
-    ``probabilities`` (n x C)."""
+    ``probabilities`` (n x C).
+
+    When extracted with ``blocks=True``: ``blocks`` maps each non-head block of the partition, in order, to its
+    per-image descriptors (n x 2C float32: C channel means, then C channel standard deviations of the block's
+    output), and ``bn_moments`` maps each BatchNorm2d layer of those blocks to the moments of its input over the
+    whole domain: ``{"block": name, "count": int, "mean": (C,) float64, "var": (C,) float64}``."""
 
     embeddings: np.ndarray
     probabilities: np.ndarray | None = None
     skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (--on-bad-image skip); rows exclude them
+    blocks: dict[str, np.ndarray] | None = None
+    bn_moments: dict[str, dict] | None = None
 
 
 @torch.no_grad()
@@ -81,9 +94,44 @@ def _cache_key(table: ImageTable, adapted: AdaptedModel, read_options: ReadOptio
     return digest.hexdigest()
 
 
-def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool) -> Representation | None:
+def _block_arrays(result: Representation) -> dict[str, np.ndarray]:
+    """The cache entry's extra arrays for ``result.blocks`` and ``result.bn_moments`` (npz names are indices,
+    with the block and layer names in arrays of their own)."""
+    blocks, moments = result.blocks or {}, result.bn_moments or {}
+    arrays = {"block_names": np.array(list(blocks), dtype=np.str_),
+              "bn_names": np.array(list(moments), dtype=np.str_),
+              "bn_blocks": np.array([m["block"] for m in moments.values()], dtype=np.str_),
+              "bn_count": np.array([m["count"] for m in moments.values()], dtype=np.int64)}
+    for index, values in enumerate(blocks.values()):
+        arrays[f"block_{index}"] = values
+    for index, m in enumerate(moments.values()):
+        arrays[f"bn_mean_{index}"], arrays[f"bn_var_{index}"] = m["mean"], m["var"]
+    return arrays
+
+
+def _read_blocks(stored, rows: int, expected: list[str]):
+    """(blocks, bn_moments) from an open cache entry, or None when it has none or not the expected blocks."""
+    if "block_names" not in stored.files:
+        return None
+    names = [str(n) for n in stored["block_names"]]
+    if names != expected:
+        return None
+    blocks = {name: stored[f"block_{i}"] for i, name in enumerate(names)}
+    if any(b.ndim != 2 or len(b) != rows or b.dtype != np.float32 for b in blocks.values()):
+        return None
+    layer_blocks, counts = stored["bn_blocks"], stored["bn_count"]
+    moments = {str(layer): {"block": str(layer_blocks[i]), "count": int(counts[i]),
+                            "mean": stored[f"bn_mean_{i}"], "var": stored[f"bn_var_{i}"]}
+               for i, layer in enumerate(stored["bn_names"])}
+    return blocks, moments
+
+
+def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool,
+                 blocks: list[str] | None = None) -> Representation | None:
     """The cached representation of ``table``, or None when the entry is damaged (truncated, not an archive of
-    the expected arrays, rows that do not add up to the table): a cache entry is recomputed, never fatal."""
+    the expected arrays, rows that do not add up to the table): a cache entry is recomputed, never fatal.
+    ``blocks``: the block names asked for; an entry without them (one written before, or by a pass without
+    ``blocks=True``) is then a miss too."""
     damaged = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
     try:
         stored = np.load(cache_file, allow_pickle=False)
@@ -97,7 +145,10 @@ def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool) -> Rep
             probabilities = stored["probabilities"] if "probabilities" in stored.files else None
             indices = stored["skipped_index"] if "skipped_index" in stored.files else np.zeros(0, np.int64)
             reasons = stored["skipped_reason"] if "skipped_reason" in stored.files else np.zeros(0, np.str_)
+            extra = _read_blocks(stored, len(embeddings), blocks) if blocks is not None else None
     except damaged:
+        return None
+    if blocks is not None and extra is None:
         return None
     rows = len(table) - len(indices)
     if (embeddings.ndim != 2 or len(embeddings) != rows or len(reasons) != len(indices)
@@ -106,6 +157,8 @@ def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool) -> Rep
         return None
     skipped = tuple(SkippedImage(str(table.records[int(i)].path), str(reason), int(i), table.records[int(i)].origin)
                     for i, reason in zip(indices, reasons))
+    if extra is not None:
+        return Representation(embeddings, probabilities, skipped, *extra)
     return Representation(embeddings, probabilities, skipped)
 
 
@@ -120,15 +173,19 @@ def extract(
     cache_dir: Path | None = None,
     on_batch: Callable[[], None] | None = None,
     on_bad_image: str = "fail",
+    blocks: bool = False,
 ) -> Representation:
     """Embeddings of every image in ``table`` (and softmax outputs when ``trained_head``), cached on disk.
 
     Images are decoded once, one batch at a time (none is kept after its batch, so 100,000 images fit);
-    under ``on_bad_image="skip"`` unreadable ones are left out and listed in ``Representation.skipped``."""
+    under ``on_bad_image="skip"`` unreadable ones are left out and listed in ``Representation.skipped``.
+    ``blocks=True`` also fills ``Representation.blocks`` and ``bn_moments`` from the same forward pass (hooks;
+    the embeddings are unchanged); a cache entry written without them is then recomputed and written over."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{_cache_key(table, adapted, read_options, trained_head)}.npz"
-        cached = _read_cached(cache_file, table, trained_head) if cache_file.is_file() else None
+        wanted = probed_blocks(adapted) if blocks else None
+        cached = _read_cached(cache_file, table, trained_head, wanted) if cache_file.is_file() else None
         if cached is not None:  # a missing or damaged entry is recomputed below, and written over
             if cached.skipped and on_bad_image != "skip":
                 first = cached.skipped[0]
@@ -146,11 +203,15 @@ def extract(
             raise ImageReadError(f"{table.source}: none of its {len(table)} images could be read "
                                  f"(first: {skipped[0].path}: {skipped[0].reason})")
 
-    embeddings, logits, _ = head_inputs_and_outputs(adapted, loader(), device, on_batch)
+    probe = BlockProbe(adapted, descriptors=blocks, bn=blocks)
+    with probe:
+        embeddings, logits, _ = head_inputs_and_outputs(adapted, loader(), device, on_batch)
     result = Representation(
         embeddings.cpu().numpy().astype(np.float32),
         logits.softmax(1).cpu().numpy().astype(np.float32) if trained_head else None,
         tuple(skipped),
+        probe.descriptors() if blocks else None,
+        probe.bn_moments() if blocks else None,
     )
     if cache_file is not None:
         arrays = {"embeddings": result.embeddings,
@@ -158,6 +219,9 @@ def extract(
                   "skipped_reason": np.array([s.reason for s in skipped], dtype=np.str_)}
         if result.probabilities is not None:
             arrays["probabilities"] = result.probabilities
+        if blocks:
+            arrays.update(_block_arrays(result))
+
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:
                 np.savez(handle, **arrays)

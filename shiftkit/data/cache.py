@@ -18,6 +18,7 @@ import os
 import threading
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from shiftkit.errors import ImageReadError
 from shiftkit.io import atomic_write
 
 DEFAULT_MEMORY_BYTES = 4 * 1024**3
+
+RawTap = Callable[[np.ndarray, dict], None]
+"""``on_decode(array, header)``: sees each decoded image once, before resize and crop (see :meth:`ImageCache.get`)."""
 
 
 def default_memory_bytes() -> int:
@@ -117,6 +121,7 @@ class ImageCache:
         self._memory: dict[Path, torch.Tensor] = {}
         self._memory_bytes = 0
         self._lock = threading.Lock()  # warm-up decodes in threads
+        self._tap = threading.local()  # the raw tap of the get() call running in this thread, if any
         self.decodes = 0  # files actually decoded (for tests and benchmarks)
         self.overflow = 0  # images that did not fit the memory budget
 
@@ -133,7 +138,13 @@ class ImageCache:
     def _decode(self, path: Path) -> torch.Tensor:
         with self._lock:
             self.decodes += 1
-        return self.preprocessing.geometric(read_image(path, self.read_options))
+        on_decode = getattr(self._tap, "on_decode", None)  # set by get() for this thread's call only
+        if on_decode is None:
+            return self.preprocessing.geometric(read_image(path, self.read_options))
+        header: dict = {}
+        array = read_image(path, self.read_options, header)
+        on_decode(array, header)  # the raw tap: this decode's array, before resize and crop (read it, never write)
+        return self.preprocessing.geometric(array)
 
     def _load(self, path: Path) -> torch.Tensor:
         if self.disk_dir is None:
@@ -151,11 +162,23 @@ class ImageCache:
         atomic_write(target, save)
         return tensor
 
-    def get(self, path: Path) -> torch.Tensor:
+    def get(self, path: Path, on_decode: RawTap | None = None) -> torch.Tensor:
+        """The preprocessed image. ``on_decode(array, header)`` (the raw tap) is called when, and only when, this
+        call decodes the file: with :func:`read_image`'s float array before resize and crop, and the header fields
+        it filled (``spacing``). A memory or disk cache hit decodes nothing and does not call it, so a caller that
+        needs it for every image uses a cache that holds nothing (``max_memory_bytes=0``, no ``disk_dir``), as the
+        embedding pass does, or checks which images it saw."""
         cached = self._memory.get(path)
         if cached is not None:
             return cached
-        tensor = self._load(path)
+        if on_decode is None:
+            tensor = self._load(path)
+        else:  # handed to _decode through a thread-local, so _decode(path) keeps its signature (tests wrap it)
+            self._tap.on_decode = on_decode
+            try:
+                tensor = self._load(path)
+            finally:
+                self._tap.on_decode = None
         size = tensor.numel() * tensor.element_size()
         with self._lock:
             if path in self._memory:

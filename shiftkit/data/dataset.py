@@ -11,23 +11,39 @@ import torch
 from torch.utils.data import Dataset
 
 from shiftkit.data.cache import ImageCache
-from shiftkit.data.table import ImageTable
+from shiftkit.data.table import ImageRecord, ImageTable
 from shiftkit.errors import DataError
 
 
-class ImageDataset(Dataset):
-    """Items are ``(uint8 C x H x W image, target)``; normalisation happens per batch on the device."""
+RawImageTap = Callable[[int, np.ndarray, ImageRecord, dict], None]
+"""``on_raw(index, array, record, header)``: the decoded image of row ``index`` before resize and crop."""
 
-    def __init__(self, table: ImageTable, cache: ImageCache) -> None:
+
+class ImageDataset(Dataset):
+    """Items are ``(uint8 C x H x W image, target)``; normalisation happens per batch on the device.
+
+    ``on_raw`` (the raw tap, e.g. :class:`shiftkit.shift.image_properties.PropertyTap`) is called with
+    ``(index, array, record, header)`` each time an item's file is actually decoded: ``array`` is
+    :func:`~shiftkit.data.readers.read_image`'s float array (read it, never write it: the model's input is made from
+    it), ``header`` holds ``spacing`` for medical formats. A cache hit decodes nothing and calls nothing (see
+    :meth:`ImageCache.get`). Without ``on_raw`` nothing changes."""
+
+    def __init__(self, table: ImageTable, cache: ImageCache, on_raw: RawImageTap | None = None) -> None:
         self.table = table
         self.cache = cache
+        self.on_raw = on_raw
         self.targets = torch.from_numpy(table.targets()) if table.labeled else None
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int):
-        image = self.cache.get(self.table.records[index].path)
+        record = self.table.records[index]
+        if self.on_raw is None:
+            image = self.cache.get(record.path)
+        else:
+            on_raw = self.on_raw
+            image = self.cache.get(record.path, lambda array, header: on_raw(index, array, record, header))
         target = self.targets[index] if self.targets is not None else torch.tensor(-1)
         return image, target
 

@@ -180,10 +180,12 @@ def _read_pil(path: Path, options: ReadOptions) -> np.ndarray:
         return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def _read_sitk(path: Path, options: ReadOptions) -> np.ndarray:
+def _read_sitk(path: Path, options: ReadOptions, header: dict | None = None) -> np.ndarray:
     import SimpleITK as sitk
 
     image = read_sitk(path)
+    if header is not None:  # from the image already read: no second read of the file
+        header["spacing"] = tuple(float(s) for s in image.GetSpacing()[:2])
     array = sitk.GetArrayFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         channels = array.shape[-1]
@@ -226,9 +228,11 @@ def _dicom_without_pixels(path: Path) -> bool:
     return data[128:132] == b"DICM" and b"\xe0\x7f\x10\x00" not in data and b"\x7f\xe0\x00\x10" not in data
 
 
-def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.ndarray:
+def read_image(path: str | Path, options: ReadOptions = ReadOptions(), header: dict | None = None) -> np.ndarray:
     """Return an ``H x W`` (grayscale) or ``H x W x 3`` float32 array in [0, 1].
 
+    When ``header`` is a dict, what the file's header says that the array does not is put in it during this one
+    decode: ``spacing``, the in-plane pixel spacing (x, y) of SimpleITK formats (PIL formats have none).
     Raises :class:`ImageReadError` naming the file when it is missing, truncated or not an image.
     """
     path = Path(path)
@@ -240,7 +244,7 @@ def read_image(path: str | Path, options: ReadOptions = ReadOptions()) -> np.nda
         if name.endswith(PIL_SUFFIXES):
             array = _read_pil(path, options)
         elif name.endswith(SITK_SUFFIXES):
-            array = _read_sitk(path, options)
+            array = _read_sitk(path, options, header)
         else:
             raise ImageReadError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
     except (ImageReadError, ConfigError):

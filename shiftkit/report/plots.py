@@ -83,3 +83,32 @@ def per_dimension(values: list[float], p_values: list[float], label: str) -> byt
     ax.set_ylabel("KS statistic D")
     ax.set_title("Shift per dimension (red: significant after Bonferroni)")
     return figure_png(fig)
+
+
+def shift_by_depth(blocks: list[str], auc: list[float], auc_ci: list[tuple[float, float]], shifted: list[bool],
+                   pretraining: dict[str, list[float]] | None = None) -> bytes:
+    """Where the shift lands: the source-vs-target domain-classifier AUC per block (0.5: no shift) with its
+    interval, significant blocks filled; beside it, each domain's distance from the pre-training statistics."""
+    panels = 2 if pretraining else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    x = np.arange(len(blocks))
+    ax = axes[0][0]
+    low = np.array(auc) - np.array([c[0] for c in auc_ci])
+    high = np.array([c[1] for c in auc_ci]) - np.array(auc)
+    ax.errorbar(x, auc, yerr=[np.clip(low, 0, None), np.clip(high, 0, None)], color="#d62728", capsize=3, lw=1.5)
+    ax.scatter(x, auc, s=40, color=["#d62728" if s else "white" for s in shifted], edgecolors="#d62728", zorder=3)
+    ax.axhline(0.5, color="#888", ls="--", lw=1)
+    ax.set_ylim(0.4, 1.02)
+    ax.set_xticks(x, blocks, rotation=30, ha="right")
+    ax.set_ylabel("domain-classifier AUC (source vs target)")
+    ax.set_title("Shift by depth (filled: significant)")
+    if pretraining:
+        ax = axes[0][1]
+        for (name, values), colour in zip(pretraining.items(), ("#1f77b4", "#d62728")):
+            ax.plot(x[: len(values)], values, marker="o", color=colour, label=name)
+        ax.set_xticks(x, blocks, rotation=30, ha="right")
+        ax.set_ylabel("mean KL from the BatchNorm statistics")
+        ax.set_title("Distance from pre-training")
+        ax.legend()
+    fig.tight_layout()
+    return figure_png(fig)
