@@ -32,6 +32,7 @@ from shiftkit.errors import ImageReadError, ModelError
 from shiftkit.io import atomic_write
 from shiftkit.models.blocks import BlockProbe, probed_blocks
 from shiftkit.models.registry import AdaptedModel, build_model
+from shiftkit.shift.image_properties import PropertyTap, arrays_to_properties, properties_to_arrays
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Representation:
     skipped: tuple[SkippedImage, ...] = ()  # unreadable images left out (--on-bad-image skip); rows exclude them
     blocks: dict[str, np.ndarray] | None = None
     bn_moments: dict[str, dict] | None = None
+    properties: list[dict[str, float]] | None = None  # with blocks: image properties per row, from the same decode
 
 
 @torch.no_grad()
@@ -146,9 +148,10 @@ def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool,
             indices = stored["skipped_index"] if "skipped_index" in stored.files else np.zeros(0, np.int64)
             reasons = stored["skipped_reason"] if "skipped_reason" in stored.files else np.zeros(0, np.str_)
             extra = _read_blocks(stored, len(embeddings), blocks) if blocks is not None else None
+            properties = arrays_to_properties(stored) if blocks is not None else None
     except damaged:
         return None
-    if blocks is not None and extra is None:
+    if blocks is not None and (extra is None or properties is None or len(properties) != len(embeddings)):
         return None
     rows = len(table) - len(indices)
     if (embeddings.ndim != 2 or len(embeddings) != rows or len(reasons) != len(indices)
@@ -158,7 +161,7 @@ def _read_cached(cache_file: Path, table: ImageTable, trained_head: bool,
     skipped = tuple(SkippedImage(str(table.records[int(i)].path), str(reason), int(i), table.records[int(i)].origin)
                     for i, reason in zip(indices, reasons))
     if extra is not None:
-        return Representation(embeddings, probabilities, skipped, *extra)
+        return Representation(embeddings, probabilities, skipped, *extra, properties)
     return Representation(embeddings, probabilities, skipped)
 
 
@@ -180,7 +183,8 @@ def extract(
     Images are decoded once, one batch at a time (none is kept after its batch, so 100,000 images fit);
     under ``on_bad_image="skip"`` unreadable ones are left out and listed in ``Representation.skipped``.
     ``blocks=True`` also fills ``Representation.blocks`` and ``bn_moments`` from the same forward pass (hooks;
-    the embeddings are unchanged); a cache entry written without them is then recomputed and written over."""
+    the embeddings are unchanged) and ``properties`` from the same decode (:class:`PropertyTap`); a cache entry
+    written without them is then recomputed and written over."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{_cache_key(table, adapted, read_options, trained_head)}.npz"
@@ -194,7 +198,8 @@ def extract(
     adapted.model.to(device)
     if device.type == "cuda":
         adapted.model.to(memory_format=torch.channels_last)
-    dataset = ImageDataset(table, ImageCache(adapted.preprocessing, read_options, max_memory_bytes=0))
+    tap = PropertyTap() if blocks else None  # image properties from the one decode the pass does anyway
+    dataset = ImageDataset(table, ImageCache(adapted.preprocessing, read_options, max_memory_bytes=0), on_raw=tap)
     skipped: list[SkippedImage] = []
 
     def loader():
@@ -204,14 +209,20 @@ def extract(
                                  f"(first: {skipped[0].path}: {skipped[0].reason})")
 
     probe = BlockProbe(adapted, descriptors=blocks, bn=blocks)
-    with probe:
-        embeddings, logits, _ = head_inputs_and_outputs(adapted, loader(), device, on_batch)
+    try:
+        with probe:
+            embeddings, logits, _ = head_inputs_and_outputs(adapted, loader(), device, on_batch)
+    finally:
+        if tap is not None:
+            tap.close()
+    kept = sorted(set(range(len(table))) - {s.index for s in skipped})
     result = Representation(
         embeddings.cpu().numpy().astype(np.float32),
         logits.softmax(1).cpu().numpy().astype(np.float32) if trained_head else None,
         tuple(skipped),
         probe.descriptors() if blocks else None,
         probe.bn_moments() if blocks else None,
+        tap.rows(kept) if tap is not None else None,
     )
     if cache_file is not None:
         arrays = {"embeddings": result.embeddings,
@@ -221,6 +232,7 @@ def extract(
             arrays["probabilities"] = result.probabilities
         if blocks:
             arrays.update(_block_arrays(result))
+            arrays.update(properties_to_arrays(result.properties))
 
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:

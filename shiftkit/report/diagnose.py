@@ -151,8 +151,9 @@ def write_report(profile: ShiftProfile, data: Embedded, out: Path, domain: str |
     report["recommendation"] = recommendation(report, domain)
     ctx = SectionContext(profile, data, report, _plots(profile, data))
     for section in sections():
-        if section.measure is not None:
-            report[section.name] = section.measure(ctx)
+        content = section.measure(ctx) if section.measure is not None else None
+        if content is not None:  # None: nothing to report for this data, and no key
+            report[section.name] = content
     html = html_page(ctx)  # everything is computed before the first file is written
     files = {out / "report.json": lambda tmp, text=json_text(report): tmp.write_text(text)}
     for name, png in ctx.figures.items():

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILTIN_MODULES = ("shiftkit.report.diagnose",)
+BUILTIN_MODULES = ("shiftkit.report.diagnose", "shiftkit.report.fingerprint")
 
 
 @dataclass
@@ -31,12 +31,14 @@ class SectionContext:
     """What every section may read: the measured ``profile`` (:class:`~shiftkit.shift.profile.ShiftProfile`),
     the embedded images ``data`` (:class:`~shiftkit.shift.diagnose.Embedded`), the ``report`` dict built so far
     (each earlier section's content is already in it) and the PNG ``figures`` drawn so far (name -> bytes; a
-    section adds its own, saved as ``plots/<name>.png``)."""
+    section adds its own, saved as ``plots/<name>.png``); ``inline`` PNGs are embedded in report.html and never
+    written as files of their own (thumbnails of patient images)."""
 
     profile: Any
     data: Any
     report: dict
     figures: dict[str, bytes] = field(default_factory=dict)
+    inline: dict[str, bytes] = field(default_factory=dict)  # PNGs shown in report.html only (e.g. image thumbnails)
 
 
 @dataclass(frozen=True)
@@ -50,43 +52,39 @@ class Section:
 
 
 _SECTIONS: dict[str, Section] = {}
+_BEFORE: dict[str, str] = {}  # name -> the section it is shown before
 
 
 def register(name: str, *, title: str, html: Callable, measure: Callable | None = None,
              terminal: Callable | None = None, heading: bool = True, before: str | None = None) -> Section:
-    """Add a section (after the existing ones, or ``before`` a named one). Re-registering a name replaces its
-    entry in place (a reloaded module); the report's own JSON keys cannot be taken."""
+    """Add a section: after the existing ones, or just ``before`` a named one (which may be registered later).
+    Re-registering a name replaces its entry in place (a reloaded module); the report's own JSON keys cannot be
+    taken."""
     if measure is not None and name in PROFILE_KEYS:
         raise ValueError(f"report section '{name}' would overwrite report.json's own key '{name}'")
     section = Section(name, title, html, measure, terminal, heading)
-    _import_builtins()  # a section from outside goes after (or among) the built-in ones, whatever imports first
-    if name in _SECTIONS or before is None:
-        _SECTIONS[name] = section
-        return section
-    if before not in _SECTIONS:
-        raise ValueError(f"report section '{before}' is not registered (have: {', '.join(_SECTIONS)})")
-    items = list(_SECTIONS.items())
-    at = [n for n, _ in items].index(before)
-    items.insert(at, (name, section))
-    _SECTIONS.clear()
-    _SECTIONS.update(items)
+    _SECTIONS[name] = section
+    if before is not None:
+        _BEFORE[name] = before
     return section
 
 
 def unregister(name: str) -> None:
     """Remove a section (tests that register a toy one clean up with this)."""
     _SECTIONS.pop(name, None)
+    _BEFORE.pop(name, None)
 
 
 def sections() -> list[Section]:
-    """The registered sections in report order (the built-in ones are imported first)."""
-    _import_builtins()
-    return list(_SECTIONS.values())
-
-
-def _import_builtins() -> None:
+    """The registered sections in report order (the built-in ones are imported first): registration order, each
+    section with a ``before`` moved just ahead of that section (left in place when it is not registered)."""
     for module in BUILTIN_MODULES:
-        importlib.import_module(module)  # a no-op once imported (and while it is importing: it registers itself)
+        importlib.import_module(module)
+    order = [n for n in _SECTIONS if n not in _BEFORE]
+    for name, target in _BEFORE.items():
+        if name in _SECTIONS:
+            order.insert(order.index(target) if target in order else len(order), name)
+    return [_SECTIONS[n] for n in order]
 
 
 # keys that ShiftProfile.to_dict and the report writer put in report.json themselves

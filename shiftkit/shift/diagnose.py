@@ -54,6 +54,8 @@ class DiagnoseRequest:
     read_options: ReadOptions = field(default_factory=ReadOptions)
     on_bad_image: str = "fail"  # or "skip": unreadable images leave the domain and are listed in the report
     anonymize_paths: bool = False  # input paths in the report become stable hashes (shiftkit.privacy)
+    fingerprint: bool = False  # per-block shift, distance from pre-training, image properties (same pass)
+    thumbnails: bool = True  # the report shows the most and least domain-typical images
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Embedded:
     arch: str
     weights: str
     skipped: dict[str, list[SkippedImage]] = field(default_factory=dict)  # per domain, under --on-bad-image skip
+    model_facts: dict = field(default_factory=dict)  # with the fingerprint: pretraining distance, gradient signal
+    read_options: ReadOptions = field(default_factory=ReadOptions)  # how the images were read (thumbnails)
 
 
 def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTable:
@@ -144,7 +148,8 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
         tick = on_stage(f"embedding {name}", batches(table)) if on_stage else None
         rep = extract(table, adapted, device, trained_head=request.checkpoint is not None,
                       batch_size=request.batch_size, read_options=request.read_options,
-                      cache_dir=request.cache_dir, on_batch=tick, on_bad_image=request.on_bad_image)
+                      cache_dir=request.cache_dir, on_batch=tick, on_bad_image=request.on_bad_image,
+                      blocks=request.fingerprint)
         if rep.skipped:  # rows of the representation are the readable images, in table order
             bad = {s.index for s in rep.skipped}
             table = table.subset([i for i in range(len(table)) if i not in bad])
@@ -152,7 +157,48 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
         reps.append(rep)
         tables.append(table)
         skipped[name] = list(rep.skipped)
-    return Embedded(reps[0], reps[1], tables[0], tables[1], adapted.arch, adapted.weights, skipped)
+    facts = model_facts(request, adapted, reps, tables[0], device, on_stage) if request.fingerprint else {}
+    return Embedded(reps[0], reps[1], tables[0], tables[1], adapted.arch, adapted.weights, skipped, facts,
+                    request.read_options)
+
+
+GRADIENT_BATCHES = 5  # the gradient signal's labelled source batches (the only images read a second time)
+
+
+def model_facts(request: DiagnoseRequest, adapted, reps: list, source: ImageTable, device,
+                on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
+    """What the fingerprint needs from the network itself: each domain's distance from the pre-training
+    statistics (BatchNorm running statistics; only with pre-trained or fine-tuned weights) and, when the source is
+    labelled, the relative gradient norm per block over at most :data:`GRADIENT_BATCHES` source batches (a new
+    head of the source's classes on the pre-trained backbone, as fine-tuning would start; the fine-tuned head with
+    --checkpoint)."""
+    from shiftkit.data.cache import ImageCache
+    from shiftkit.data.dataset import ImageDataset, collate
+    from shiftkit.data.validate import iter_batches
+    from shiftkit.shift.fingerprint import pretraining_distance
+    from shiftkit.shift.transferability import gradient_signal
+
+    facts: dict = {}
+    if request.checkpoint is not None or request.weights != "none":
+        facts["pretraining"] = {name: pretraining_distance(adapted, rep.bn_moments or {})
+                                for name, rep in zip(("source", "target"), reps)}
+    if source.labeled and len(source.classes) >= 2:
+        model = adapted if request.checkpoint is not None else build_model(
+            request.arch, len(source.classes), request.weights, request.image_size)
+        model.model.to(device)
+        batch_size = min(request.batch_size, 32)
+        dataset = ImageDataset(source, ImageCache(model.preprocessing, request.read_options, max_memory_bytes=0))
+        tick = on_stage("gradient signal", min(GRADIENT_BATCHES, -(-len(source) // batch_size))) if on_stage else None
+
+        def batches():
+            for batch in iter_batches(dataset, batch_size, "skip", [], collate):
+                yield batch
+                if tick:
+                    tick()
+
+        task = "multilabel" if source.multilabel else "multiclass"
+        facts["gradient_signal"] = gradient_signal(model, batches(), device, max_batches=GRADIENT_BATCHES, task=task)
+    return facts
 
 
 def _dataset_profile(source: ImageTable, target: ImageTable) -> DatasetProfile:
@@ -248,7 +294,8 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
         "bootstrap": request.bootstrap,
         "label_method": request.label_method, "alpha": request.alpha, "seed": request.seed,
         "max_images": request.max_images, "measure_seconds": round(time.perf_counter() - started, 2),
-        "not_measured": not_measured, "shiftkit": __version__,
+        "not_measured": not_measured, "fingerprint": request.fingerprint, "thumbnails": request.thumbnails,
+        "shiftkit": __version__,
     }
     return ShiftProfile.build(
         alpha=request.alpha, covariate=covariate, label=label, label_methods=label_methods,

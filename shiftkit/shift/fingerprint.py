@@ -184,3 +184,72 @@ def pretraining_distance(adapted_model: AdaptedModel, bn_moments: Mapping[str, M
                        "channels": int(len(kl)), "kl": float(kl.mean()), "kl_max": float(max(entry["layer_kl"])),
                        "mean_shift": float(shift.mean())})
     return result
+
+
+# ---------------------------------------------------------------------------------------- the whole fingerprint
+
+THUMBNAILS = 4  # per end: the images the domain classifier finds most and least typical of their domain
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # the fingerprint's linear probe: a short C grid (cost)
+
+
+def measure_fingerprint(data, *, seed: int = 0, permutations: int = 200, alpha: float = ALPHA,
+                        thumbnails: bool = True) -> dict | None:
+    """Where the shift lands and what changed, for the diagnose report's ``fingerprint`` key.
+
+    ``data`` is :class:`shiftkit.shift.diagnose.Embedded` extracted with the fingerprint (blocks, properties and
+    ``model_facts``). Returns None when it was extracted without it. Keys: ``blocks`` (:func:`block_shift`),
+    ``peak`` (:func:`shift_peak`), ``pretraining`` (per domain, :func:`pretraining_distance`), ``gradient_signal``
+    (per block, source labelled only), ``source_features`` (LogME and a cross-validated linear probe of the source
+    embeddings, labelled source only), ``image_properties`` (:func:`~shiftkit.shift.image_properties.
+    compare_properties`), ``thumbnails`` (row indices of the images the domain classifier scores as most and least
+    typical of their own domain) and ``summary`` (one line)."""
+    from shiftkit.shift.image_properties import compare_properties, summary_line
+    from shiftkit.shift.transferability import linear_probe_score, logme
+
+    src, tgt = data.source, data.target
+    if not src.blocks or not tgt.blocks:
+        return None
+    blocks = block_shift(src.blocks, tgt.blocks, permutations=min(permutations, 200), seed=seed, alpha=alpha)
+    peak = shift_peak(blocks)
+    properties = compare_properties(src.properties or [], tgt.properties or [], alpha=alpha)
+    result = {"blocks": blocks, "peak": peak, **data.model_facts, "image_properties": properties,
+              "source_features": None, "thumbnails": None}
+    labels = data.source_table.targets() if data.source_table.labeled and not data.source_table.multilabel else None
+    if labels is not None and len(np.unique(labels)) >= 2:
+        result["source_features"] = {
+            "logme": logme(src.embeddings, labels),
+            "linear_probe": linear_probe_score(src.embeddings, labels, seed=seed, bootstrap=200, Cs=PROBE_CS)}
+    if thumbnails:
+        result["thumbnails"] = typical_images(src.embeddings, tgt.embeddings, seed=seed)
+    where = (f"shift peaks at block {peak['index'] + 1} of {peak['of']} ({peak['block']})" if peak["shifted"]
+             else "no block's shift is significant")
+    changed = summary_line(properties)
+    result["summary"] = f"{where}; {changed}" if changed else where
+    return result
+
+
+def typical_images(source: np.ndarray, target: np.ndarray, seed: int = 0, k: int = THUMBNAILS) -> dict:
+    """Out-of-fold domain-classifier scores (the same balanced logistic regression as the domain-classifier test,
+    on every image): per domain, the ``k`` rows it finds most typical of their own domain and the ``k`` it
+    finds most like the other domain (what a reader should look at first)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.vstack([source, target]).astype(np.float64)
+    y = np.r_[np.zeros(len(source), int), np.ones(len(target), int)]
+    folds = min(5, len(source), len(target))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+    score = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                              method="predict_proba")[:, 1]  # P(target)
+    own = np.where(y == 1, score, 1 - score)
+    out = {}
+    for name, label in (("source", 0), ("target", 1)):
+        rows = np.flatnonzero(y == label)
+        order = rows[np.argsort(-own[rows], kind="stable")]
+        offset = 0 if label == 0 else len(source)
+        out[name] = {"most_typical": [int(i - offset) for i in order[:k]],
+                     "most_like_other": [int(i - offset) for i in order[::-1][:k]],
+                     "score": {int(i - offset): float(own[i]) for i in np.r_[order[:k], order[::-1][:k]]}}
+    return out
