@@ -221,10 +221,12 @@ def test_shift_peak_breaks_auc_ties_with_mmd_and_says_so():
             {"block": "c", "index": 2, "auc": 0.7, "mmd": 0.9}]
     peak = shift_peak(rows)
     assert (peak["block"], peak["by"]) == ("b", "mmd")
-    rows[1]["auc"] = 0.99
+    rows[1]["auc"] = 0.99  # a saturated classifier: 0.99 against 1.0 is a tie, the MMD² decides
+    assert (shift_peak(rows)["block"], shift_peak(rows)["by"]) == ("b", "mmd")
+    rows[1]["auc"] = 0.95
     peak = shift_peak(rows)
     assert (peak["block"], peak["by"]) == ("a", "auc")
-    assert [row["scaled"] for row in peak["profile"]] == pytest.approx([1.0, 0.49 / 0.5, 0.2 / 0.5])
+    assert [row["scaled"] for row in peak["profile"]] == pytest.approx([1.0, 0.45 / 0.5, 0.2 / 0.5])
 
 
 def test_auc_interval_narrows_with_samples_and_covers_the_estimate():

@@ -29,6 +29,7 @@ from shiftkit.shift.covariate import domain_classifier_test, mmd_test
 __all__ = ["auc_interval", "block_shift", "pretraining_distance", "shift_peak"]
 
 ALPHA = 0.05
+AUC_TIE = 0.02  # blocks whose AUC is this close to the highest are tied on it: the MMD² ranks them
 
 
 def auc_interval(auc: float, n_positive: int, n_negative: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -116,7 +117,8 @@ def shift_peak(profile: list[dict], decimals: int = 3) -> dict:
     """The block where the shift peaks, and the profile scaled to 0..1 for a "shift by depth" plot.
 
     Ranked by the domain-classifier AUC above chance (max(AUC - 0.5, 0), rounded to ``decimals``); blocks tied on
-    it (typically several at AUC 1.0 under a strong shift) are ranked by MMD², and when no block's AUC is above
+    it (within :data:`AUC_TIE` of the highest: typically several at AUC 0.99-1.0 under a strong shift, where the
+    classifier saturates) are ranked by MMD², and when no block's AUC is above
     0.5 (or the classifier was skipped) the MMD² alone decides. ``by`` says which ("auc" or "mmd"). Returns ``block``, ``index``, ``of`` (number of
     blocks), ``by``, ``shifted`` (whether any block's corrected test rejects), and ``profile``: per block
     ``block``, ``auc_excess``, ``mmd``, ``auc_scaled`` and ``mmd_scaled`` (each divided by its maximum over the
@@ -126,7 +128,7 @@ def shift_peak(profile: list[dict], decimals: int = 3) -> dict:
     excess = np.array([round(max(row["auc"] - 0.5, 0.0), decimals) if row.get("auc") is not None else 0.0
                        for row in profile])
     mmd = np.array([max(row["mmd"], 0.0) for row in profile])
-    top = np.flatnonzero(excess == excess.max())
+    top = np.flatnonzero(excess >= excess.max() - AUC_TIE)  # saturated AUCs (0.99 against 1.0) do not decide
     by = "auc" if excess.max() > 0 and len(top) == 1 else "mmd"
     peak = int(top[np.argmax(mmd[top])]) if excess.max() > 0 else int(np.argmax(mmd))
 
