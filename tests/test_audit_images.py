@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shiftkit.audit.corrections import adjust_p_values
+from shiftkit.shift.corrections import adjust_p_values
 from shiftkit.audit.matrix import shift_matrix
 from shiftkit.audit.priors import label_shift, total_variation
 from shiftkit.audit.site_metadata import column_metadata

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from shiftkit.audit.corrections import adjust_p_values
+from shiftkit.shift.corrections import adjust_p_values
 from shiftkit.data.feature_table import Covariate, FeatureTable, design_matrix
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.harmonize.combat import ComBat

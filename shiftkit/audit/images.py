@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shiftkit import __version__
-from shiftkit.audit.corrections import CORRECTIONS
+from shiftkit.shift.corrections import CORRECTIONS
 from shiftkit.audit.manifest import AuditTable, read_audit_manifest
 from shiftkit.audit.matrix import MIN_PER_SITE, ShiftMatrix, shift_matrix
 from shiftkit.data.preprocess import check_image_size

@@ -10,7 +10,7 @@ embeds every image once and slices per site; nothing here runs a network. Per pa
   A-distance PAD = 2(1 - 2ε), exact binomial p-value.
 
 Multiple comparisons: for each measure the p-values of all pairs form one family and are adjusted with
-:func:`~shiftkit.audit.corrections.adjust_p_values` (Benjamini-Hochberg by default; Holm or Bonferroni on request);
+:func:`~shiftkit.shift.corrections.adjust_p_values` (Benjamini-Hochberg by default; Holm or Bonferroni on request);
 the leave-one-site-out tests form a second family per measure. A pair (or a site) is **shifted** when any measure's
 adjusted p-value is below alpha / (number of measures): a Bonferroni step across the measures on top of the
 correction across pairs, so that one cell is not flagged three times as often as one test would be.
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from shiftkit.audit.corrections import DESCRIPTIONS, adjust_p_values
+from shiftkit.shift.corrections import DESCRIPTIONS, adjust_p_values
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.shift import registry
 from shiftkit.shift.stats import TestResult

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from shiftkit.audit.corrections import adjust_p_values
+from shiftkit.shift.corrections import adjust_p_values
 
 
 def total_variation(p: Sequence[float], q: Sequence[float]) -> float:

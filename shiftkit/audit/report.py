@@ -129,8 +129,10 @@ def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
 
 
 def pair_header(matrix: ShiftMatrix) -> list[str]:
-    """The pair table's columns: each measure's own (its registry entry's ``columns``), then its adjusted p."""
-    columns = [header for m in matrix.measures for header in [h for h, _ in registry.shown(m).columns] + ["p adj"]]
+    """The pair table's columns: each measure's own (its registry entry's ``columns``), then its adjusted p, named
+    after the measure (three bare "p adj" columns side by side could be read against the wrong test)."""
+    columns = [header for m in matrix.measures
+               for header in [h for h, _ in registry.shown(m).columns] + [f"{registry.shown(m).short}: p adj"]]
     return ["pair", "n a", "n b", *columns, "shifted"]
 
 

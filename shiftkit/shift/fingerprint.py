@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from shiftkit.audit.corrections import adjust_p_values
+from shiftkit.shift.corrections import adjust_p_values
 from shiftkit.features import fit_pca
 from shiftkit.models.registry import AdaptedModel
 from shiftkit.shift.covariate import domain_classifier_test, mmd_test

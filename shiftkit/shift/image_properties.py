@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from shiftkit.audit.corrections import CORRECTIONS, adjust_p_values
+from shiftkit.shift.corrections import CORRECTIONS, adjust_p_values
 from shiftkit.errors import ConfigError
 
 # Name -> definition and unit, in the order reports list them.

@@ -11,7 +11,7 @@ The test implements one thing, as alibi-detect's ``BaseUnivariateDrift.feature_s
 p-value on two arrays, returned as a :class:`~shiftkit.shift.stats.TestResult`. The shared code owns the rest:
 which array the test is given (:class:`TestInputs`), the seed and the permutation budget (:class:`TestSettings`),
 the Bonferroni step over the tests in the verdict (:mod:`shiftkit.shift.profile`) and the multiple-comparison
-correction over pairs of sites (:mod:`shiftkit.audit.corrections`).
+correction over pairs of sites (:mod:`shiftkit.shift.corrections`).
 
 The four built-in tests (mmd, domain_classifier, ot, bbsd) are registered in :mod:`shiftkit.shift.covariate`,
 next to their functions.
