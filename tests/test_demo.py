@@ -74,3 +74,9 @@ def test_demo_finds_the_planted_shift(tmp_path):
         pytest.approx({m: finetuned[m] for m in ("accuracy", "auroc", "f1")}, abs=1e-6)
     assert summary["adabn"]["test_hospital_b_after"] != summary["adabn"]["test_hospital_b_before"]
     assert "planted" in result.output and (out / "diagnose" / "report.html").is_file()
+    # the fingerprint rows: the input-level shift lands in the first blocks, and every property with a known
+    # direction (contrast, brightness, size) moved that way
+    rows = {row["shift"]: row for row in summary["found_vs_planted"]}
+    assert rows["where it lands"]["matches"], rows["where it lands"]
+    assert rows["image properties"]["matches"], rows["image properties"]
+    assert report["fingerprint"]["peak"]["index"] == 0

@@ -25,7 +25,8 @@ def hospitals(tmp_path_factory):
     counts = {c: 16 for c in CLASSES}
     return {"source": write_domain(base / "source", counts, seed=0),
             "same": write_domain(base / "same", counts, seed=1),
-            "low_contrast": write_domain(base / "low_contrast", counts, seed=1, contrast=0.4)}
+            "low_contrast": write_domain(base / "low_contrast", counts, seed=1, contrast=0.4),
+            "priors": write_domain(base / "priors", {"oval": 40, "round": 12, "spiky": 4}, seed=1)}
 
 
 def _fingerprint(hospitals, target, out, *extra):
@@ -58,6 +59,19 @@ def test_the_same_scanner_flags_no_image_property_and_thumbnails_can_be_left_out
     assert not any(p.get("significant") for p in found["image_properties"])
     assert found["thumbnails"] is None
     assert "most typical" not in (tmp_path / "d" / "report.html").read_text()
+
+
+def test_a_prior_only_shift_changes_no_image_property_and_lands_late(hospitals, tmp_path):
+    """Resampling the classes (same scanner) changes P(X) only through what the classes look like: no acquisition
+    property moves, and the block shift grows with depth toward the semantic blocks instead of peaking at the
+    input. The label shift is what diagnose reports. (P(X) does change under a prior shift, so a block test that
+    never fired here would be blind, not right: the known answer is where it lands, not that it is absent.)"""
+    found, _ = _fingerprint(hospitals, "priors", tmp_path / "d", "--no-thumbnails")
+    assert not any(p.get("significant") for p in found["image_properties"])
+    assert found["peak"]["index"] >= found["peak"]["of"] // 2, found["peak"]
+    assert found["blocks"][-1]["mmd"] > found["blocks"][0]["mmd"]
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["verdict"]["label"]["level"] != "none"
 
 
 def test_without_the_flag_the_report_has_no_fingerprint(hospitals, tmp_path):

@@ -57,6 +57,7 @@ class AuditRequest:
     reference_site: str | None = None
     harmonized_dir: Path | None = None  # where harmonized images are written (default: a temporary folder)
     metadata_images: int = 200
+    fingerprint: bool = False  # per-block shift and image properties per site pair, from the same pass
     seed: int = 0
 
 
@@ -81,11 +82,15 @@ class ImageAudit:
     metadata: dict
     harmonized: HarmonizedAudit | None
     settings: dict
+    fingerprint: dict | None = None  # shiftkit.audit.fingerprint.pair_fingerprints, with --fingerprint
+
 
     def to_dict(self) -> dict[str, Any]:
         out = {"kind": "images", "manifest": str(self.data.table.source), **self.matrix.to_dict(),
                "label_shift": self.labels, "metadata": self.metadata}
         out["settings"] = {**self.matrix.settings, **self.settings}
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
         if self.harmonized is not None:
             h = self.harmonized
             out["harmonized"] = {"method": h.method, "reference": h.reference, "images_dir": h.images_dir,
@@ -146,14 +151,16 @@ def load(request: AuditRequest) -> AuditTable:
     return subsample_sites(data, request.max_images_per_site, request.seed)
 
 
-def _embed(request: AuditRequest, table, device, on_stage) -> np.ndarray:
+def _embed(request: AuditRequest, table, device, on_stage, blocks: bool = False):
+    """One forward pass over ``table``: a :class:`shiftkit.features.Representation` (with block descriptors and
+    image properties when ``blocks``)."""
     from shiftkit.features import extract
     from shiftkit.models.registry import build_model
 
     adapted = build_model(request.arch, 1, request.weights, request.image_size)
     tick = on_stage("embedding", -(-len(table) // request.batch_size)) if on_stage else None
     return extract(table, adapted, device, batch_size=request.batch_size, read_options=request.read_options,
-                   cache_dir=request.cache_dir, on_batch=tick).embeddings.astype(np.float64)
+                   cache_dir=request.cache_dir, on_batch=tick, blocks=blocks)
 
 
 def _reduce(embeddings: np.ndarray, request: AuditRequest) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
@@ -196,7 +203,7 @@ def _harmonize(request: AuditRequest, data: AuditTable, device, on_stage, on_ste
     harmonized, _ = harmonize_table(data.table, reference, request.harmonize, out_dir, on_image=tick)
     if len(harmonized) != len(data.table):
         raise DataError(f"harmonization returned {len(harmonized)} images for {len(data.table)}")
-    embeddings = _embed(request, harmonized, device, on_stage)
+    embeddings = _embed(request, harmonized, device, on_stage).embeddings.astype(np.float64)
     reduced, classifier, coordinates, _ = _reduce(embeddings, request)
     matrix = _matrix(request, embeddings, reduced, classifier, data.sites, on_step)
     return HarmonizedAudit(request.harmonize, reference_name, matrix, coordinates, str(out_dir))
@@ -217,7 +224,8 @@ def run_audit(request: AuditRequest, on_stage: StageHook | None = None,
     timings["load"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    embeddings = _embed(request, data.table, device, on_stage)
+    representation = _embed(request, data.table, device, on_stage, blocks=request.fingerprint)
+    embeddings = representation.embeddings.astype(np.float64)
     timings["embed"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -245,6 +253,16 @@ def run_audit(request: AuditRequest, on_stage: StageHook | None = None,
                 "columns": column_metadata(data.extra, data.sites, matrix.sites)}
     timings["metadata"] = time.perf_counter() - mark
 
+    fingerprint = None
+    if request.fingerprint:
+        from shiftkit.audit.fingerprint import pair_fingerprints
+
+        mark = time.perf_counter()
+        fingerprint = pair_fingerprints(representation.blocks, representation.properties, data.sites, matrix.sites,
+                                        permutations=request.permutations, correction=request.correction,
+                                        alpha=request.alpha, seed=request.seed, on_step=on_step)
+        timings["fingerprint"] = time.perf_counter() - mark
+
     harmonized = None
     if request.harmonize is not None:
         mark = time.perf_counter()
@@ -258,6 +276,6 @@ def run_audit(request: AuditRequest, on_stage: StageHook | None = None,
         "max_images_per_site": request.max_images_per_site, "min_images_per_site": request.min_images_per_site,
         "bootstrap": request.bootstrap, "pca_explained_variance_2d": explained,
         "harmonize": request.harmonize, "reference_site": request.reference_site,
-        "seconds": {k: round(v, 2) for k, v in timings.items()}, "shiftkit": __version__,
+        "fingerprint": request.fingerprint, "seconds": {k: round(v, 2) for k, v in timings.items()}, "shiftkit": __version__,
     }
-    return ImageAudit(data, coordinates, explained, matrix, labels, metadata, harmonized, settings)
+    return ImageAudit(data, coordinates, explained, matrix, labels, metadata, harmonized, settings, fingerprint)

@@ -128,6 +128,41 @@ def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
 # -------------------------------------------------------------------------------------------------- image audit
 
 
+def pair_depth_png(fingerprint: dict) -> bytes:
+    """Where the shift lands for each site pair: MMD² per block, scaled to the pair's largest (rows: pairs,
+    columns: blocks from input to output), significant blocks marked."""
+    pairs, blocks = fingerprint["pairs"], fingerprint["blocks"]
+    grid = np.array([[row["mmd"] for row in pair["profile"]] for pair in pairs], dtype=float)
+    top = np.clip(grid, 0, None).max(axis=1, keepdims=True)
+    scaled = np.divide(np.clip(grid, 0, None), top, out=np.zeros_like(grid), where=top > 0)
+    fig, ax = plt.subplots(figsize=(1.1 * len(blocks) + 3, 0.35 * len(pairs) + 1.6))
+    image = ax.imshow(scaled, cmap="Reds", vmin=0, vmax=1, aspect="auto")
+    for i, pair in enumerate(pairs):
+        for j, row in enumerate(pair["profile"]):
+            if row["shifted"]:
+                ax.text(j, i, "*", ha="center", va="center", color="black" if scaled[i, j] < 0.6 else "white")
+    ax.set_xticks(range(len(blocks)), blocks, rotation=30, ha="right")
+    ax.set_yticks(range(len(pairs)), [f"{p['a']} vs {p['b']}" for p in pairs])
+    ax.set_title("Shift by depth per pair (MMD² / the pair's largest; *: significant)")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def fingerprint_rows(fingerprint: dict) -> list[list]:
+    """One row per pair: the peak block, each block's MMD², and what changed in the images."""
+    rows = []
+    for pair in fingerprint["pairs"]:
+        peak = pair["peak"]
+        where = f"{peak['index'] + 1} of {peak['of']} ({peak['block']})" if peak["shifted"] else "none"
+        changed = ", ".join(f"{r['property'].replace('_', ' ')} (d = {r['cohens_d']:.2g})"
+                            if r.get("cohens_d") is not None else r["property"] for r in pair["properties"])
+        rows.append([f"{pair['a']} vs {pair['b']}", where]
+                    + [f"{row['mmd']:.3g}{'*' if row['shifted'] else ''}" for row in pair["profile"]]
+                    + [changed or "none significant"])
+    return rows
+
+
 def pair_header(matrix: ShiftMatrix) -> list[str]:
     """The pair table's columns: each measure's own (its registry entry's ``columns``), then its adjusted p, named
     after the measure (three bare "p adj" columns side by side could be read against the wrong test)."""
@@ -193,6 +228,17 @@ def image_html(audit: ImageAudit, figures: dict[str, bytes]) -> str:
     for key in map(heatmap_key, m.measures):
         page.image(figures[f"heatmap_{key}"], f"heatmap {key}")
     page.image(figures["scatter"], "embeddings by site")
+    if audit.fingerprint is not None:
+        f = audit.fingerprint
+        page.heading("Where the shift lands, per pair")
+        page.paragraph("Per block of the network (input to output), the MMD² between the two sites' block "
+                       "descriptors (channel means and standard deviations, from the same forward pass), "
+                       f"{f['correction']}-corrected across blocks within the pair; *: significant. Input-level "
+                       "changes (contrast, blur, noise, colour) peak in the first blocks. Image properties: "
+                       "Mann-Whitney U, BH-corrected, ranked by effect size; d is Cohen's d (second site minus "
+                       "first). diagnose --fingerprint gives the full view for one pair.", "note")
+        page.table(["pair", "peak block"] + f["blocks"] + ["images differ most in"], fingerprint_rows(f))
+        page.image(figures["pair_depth"], "shift by depth per pair")
     if m.leave_one_out:
         page.heading("Each site against all others pooled")
         page.table(pair_header(m), _pair_rows(ShiftMatrix(m.sites, m.counts, m.leave_one_out, (), (), m.measures,
@@ -272,6 +318,8 @@ def image_figures(audit: ImageAudit) -> dict[str, bytes]:
         figures[f"heatmap_{key}"] = heatmap_png(panels, sites)
     scatter = [("pooled PCA of the embeddings" + (" (before)" if h else ""), audit.coordinates)]
     figures["scatter"] = site_scatter_png(scatter, audit.data.sites, m.settings.get("seed", 0))
+    if audit.fingerprint is not None and audit.fingerprint["pairs"]:
+        figures["pair_depth"] = pair_depth_png(audit.fingerprint)
     if h is not None:
         figures["scatter_harmonized"] = site_scatter_png([(f"after {h.method}", h.coordinates)], audit.data.sites)
     labels = audit.labels
@@ -329,6 +377,9 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
                         str(r["shifted_pairs"]))
     console.print(ranking)
     console.print(outlier_sentence(m), markup=False)  # site names are user text: never rich markup
+    if audit.fingerprint is not None:
+        for pair in audit.fingerprint["pairs"]:
+            console.print(f"{pair['a']} vs {pair['b']}: shift {pair['summary']}", markup=False)
     labels = audit.labels
     if labels and "pairs" in labels:
         worst = max(labels["pairs"], key=lambda p: p.get("tv_actual", p.get("tv_estimated", 0)) or 0)

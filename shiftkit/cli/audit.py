@@ -57,6 +57,7 @@ def audit(
     leave_one_out: bool = typer.Option(True, "--leave-one-out/--no-leave-one-out", help="Also test each site against all others pooled."),
     harmonize: Optional[str] = typer.Option(None, help=f"Harmonize every site ({', '.join(methods())}) and recompute the matrix."),
     reference_site: Optional[str] = typer.Option(None, help="With --harmonize: harmonize toward this site instead of all sites pooled."),
+    fingerprint: bool = typer.Option(False, "--fingerprint", help="Images: per site pair, the block of the network where the shift peaks and the image properties that differ (same forward pass)."),
     seed: int = typer.Option(0, help="Seed for subsampling, permutations, cross-validation and bootstrap."),
     window: Optional[str] = typer.Option(None, help="Intensity window LOW,HIGH for 16-bit/medical images."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: middle)."),
@@ -69,6 +70,8 @@ def audit(
     refuse_overwriting_inputs(out, [out / "audit.json", out / "audit.html"],
                               {"features table" if features_table else "manifest": table})
     out = output_folder(out)
+    if features_table and fingerprint:
+        raise ConfigError("--fingerprint needs images (a network's blocks); a --features-table has none")
     if features_table:
         from shiftkit.audit.features_table import FeaturesAuditRequest, run_features_audit
         from shiftkit.audit.report import print_features_summary, write_features_report
@@ -96,7 +99,7 @@ def audit(
         classifier_pca=classifier_pca,
         permutations=permutations, ot_permutations=ot_permutations, bootstrap=bootstrap, correction=correction,
         alpha=alpha, leave_one_out=leave_one_out, harmonize=harmonize, reference_site=reference_site,
-        harmonized_dir=out / "harmonized" if harmonize else None, seed=seed,
+        harmonized_dir=out / "harmonized" if harmonize else None, fingerprint=fingerprint, seed=seed,
     )
     with make_progress(err_console) as progress:
         stages = StageProgress(progress)

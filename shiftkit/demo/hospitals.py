@@ -45,6 +45,29 @@ class PlantedShift:
         return asdict(self)
 
 
+def planted_property_changes(shift: PlantedShift, source_size: int = 64) -> dict[str, str]:
+    """The image properties :func:`acquire_at_hospital_b` moves: "lower" or "higher" in B where the direction is a
+    known answer, "confounded" where another planted step pushes the same property the other way. Brightness rises
+    because the phantoms are darker than mid-grey, which the contrast compression moves them toward. Sharpness is
+    confounded by a resize (the blur's sigma shrinks with the pixel grid, and area-averaging packs more detail into
+    each pixel); noise by a contrast compression (noise is in intensity units, and the phantoms' own texture noise
+    shrinks with it) and by the area-averaging, which averages added noise down."""
+    resized = shift.target_size != source_size
+    changes = {}
+    if shift.contrast != 1:
+        changes["contrast"] = "lower" if shift.contrast < 1 else "higher"
+    if shift.brightness > 0:
+        changes["brightness"] = "higher"
+    if shift.blur_sigma > 0:
+        changes["sharpness"] = "confounded" if resized else "lower"
+    if shift.noise_sigma > 0:
+        changes["noise"] = "confounded" if resized or shift.contrast < 1 else "higher"
+    if resized:
+        size = "lower" if shift.target_size < source_size else "higher"
+        changes.update(width=size, height=size)
+    return changes
+
+
 def _counts(prior: dict, total: int) -> dict[str, int]:
     """Integer counts that follow ``prior`` exactly where it can (largest remainders)."""
     raw = {c: prior[c] * total for c in CLASSES}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from shiftkit.demo.hospitals import PlantedShift, write_hospitals
+from shiftkit.demo.hospitals import PlantedShift, planted_property_changes, write_hospitals
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
 from shiftkit.harmonize.bn import AdaptBNRequest, run_adapt_bn
 from shiftkit.finetune.strategies import StrategyConfig
@@ -78,6 +78,49 @@ def _found_vs_planted(shift: PlantedShift, report: dict) -> list[dict]:
         {"shift": "label", "planted": f"target priors {planted_priors} (source: a third each)", "found": label_found},
         {"shift": "concept", "planted": "none (the class is set by the shape alone)",
          "found": f"{verdict['concept']['level']}: {verdict['concept']['reason']}"},
+        *_fingerprint_rows(shift, report.get("fingerprint")),
+    ]
+
+
+def _fingerprint_rows(shift: PlantedShift, fingerprint: dict | None) -> list[dict]:
+    """Where the shift lands (planted at the input: the first blocks) and the planted image properties: those with a
+    known direction counted as found in it or not; the confounded ones (blur and noise, whose net direction the
+    resize and the contrast compression decide) shown as measured."""
+    if fingerprint is None:
+        return []
+    peak = fingerprint["peak"]
+    early = peak["index"] < peak["of"] / 2
+    where = (f"peaks at block {peak['index'] + 1} of {peak['of']} ({peak['block']}): "
+             + ("in the first half, as planted" if early else "NOT in the first half") if peak["shifted"]
+             else "no block's shift is significant")
+    expected = planted_property_changes(shift)
+    known = {name: direction for name, direction in expected.items() if direction != "confounded"}
+    rows = {row["property"]: row for row in fingerprint["image_properties"] if row.get("testable")}
+
+    def described(name: str) -> str:
+        row = rows.get(name)
+        if row is None or not row["significant"]:
+            return f"{name}: not significant"
+        size = f"d = {row['cohens_d']:.2g}" if row.get("cohens_d") is not None else f"r = {row['rank_biserial']:.2f}"
+        return f"{name} {'higher' if row['rank_biserial'] > 0 else 'lower'} ({size})"
+
+    matched = sum(name in rows and rows[name]["significant"]
+                  and (rows[name]["rank_biserial"] > 0) == (direction == "higher") for name, direction in known.items())
+    confounded = [name for name in expected if name not in known]
+    extra = [row["property"] for row in fingerprint["image_properties"]
+             if row.get("significant") and row["property"] not in expected]
+    properties_found = (f"{matched} of {len(known)} in the planted direction: "
+                        + "; ".join(described(name) for name in known)
+                        + (f". Confounded (no known direction): {'; '.join(described(n) for n in confounded)}"
+                           if confounded else "")
+                        + (f". Also changed: {', '.join(extra)}" if extra else ""))
+    return [
+        {"shift": "where it lands", "planted": "at the input (intensity, blur, noise, pixel grid): the first blocks",
+         "found": where, "matches": bool(peak["shifted"] and early)},
+        {"shift": "image properties",
+         "planted": ", ".join(f"{name} {direction}" for name, direction in known.items())
+         + (f"; {' and '.join(confounded)} confounded (see planted_property_changes)" if confounded else ""),
+         "found": properties_found, "matches": matched == len(known)},
     ]
 
 
@@ -94,7 +137,7 @@ def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
     _phase(hooks, "2/5 diagnosing hospital B against hospital A")
     diagnose_request = DiagnoseRequest(source=paths["source"], target=paths["target"], arch=ARCH, weights="imagenet",
                                        image_size=request.image_size, permutations=request.permutations,
-                                       seed=request.seed, device=request.device)
+                                       seed=request.seed, device=request.device, fingerprint=True)
     profile, embedded = run_diagnose(diagnose_request, on_stage=hooks.on_stage, on_step=hooks.on_step)
 
     _phase(hooks, "3/5 recommending a fine-tuning strategy")
