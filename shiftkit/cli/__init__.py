@@ -10,6 +10,7 @@ from shiftkit.cli.combat import combat
 from shiftkit.cli.compare import compare
 from shiftkit.cli.demo import demo
 from shiftkit.cli.diagnose import diagnose
+from shiftkit.cli.estimate import estimate
 from shiftkit.cli.finetune import finetune
 from shiftkit.cli.harmonize import harmonize
 from shiftkit.cli.recommend import recommend
@@ -24,6 +25,7 @@ app = typer.Typer(
 # In the order a user meets them: the demo, measure, fix at the input, choose and run a strategy, many sites.
 app.command()(demo)
 app.command()(diagnose)
+app.command()(estimate)
 app.command()(harmonize)
 app.command("adapt-bn")(adapt_bn)
 app.command()(combat)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILTIN_MODULES = ("shiftkit.report.diagnose", "shiftkit.report.fingerprint")
+BUILTIN_MODULES = ("shiftkit.report.diagnose", "shiftkit.report.fingerprint", "shiftkit.report.estimate_section")
 
 
 @dataclass

@@ -35,6 +35,7 @@ intervals and a parametric-bootstrap test of "no label shift", and returns a fro
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -339,6 +340,27 @@ def _log_proba(model, x: np.ndarray) -> np.ndarray:
     return log_softmax(scores, axis=1)
 
 
+CV_CS = tuple(float(c) for c in np.logspace(-4, 1, 6))  # the L2 strengths C="auto" chooses from
+
+
+def _cross_validated_c(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int, class_weight: str | None) -> float:
+    """The C of :data:`CV_CS` with the best stratified cross-validated log-loss (scikit-learn's
+    ``LogisticRegressionCV`` on standardised inputs; folds: up to 5, at most the smallest class count)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(5, np.bincount(y).min()))
+    if folds < 2:
+        return 1.0  # a class with one fitting example: no cross-validation is possible
+    search = LogisticRegressionCV(Cs=list(CV_CS), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                  scoring="neg_log_loss", max_iter=max_iter, class_weight=class_weight)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces changes to parameters this call does not use
+        warnings.simplefilter("ignore", FutureWarning)
+        search.fit(StandardScaler().fit_transform(x), y)
+    return float(np.atleast_1d(search.C_)[0])
+
+
 class SourceClassifier:
     """The source classifier whose outputs the label-shift estimators read.
 
@@ -372,6 +394,11 @@ class SourceClassifier:
         if self.prior_sample_size < n_held:
             raise ConfigError(f"prior_sample_size: {self.prior_sample_size} is below the held-out size {n_held}")
         self.details["prior_sample_size"] = self.prior_sample_size
+        # how well it tells the classes apart, the first thing that limits every prior estimate (for any model)
+        predicted = self.held_out_logits.argmax(axis=1)
+        recalls = [np.mean(predicted[self.held_out_labels == i] == i) for i in range(self.n_classes)]
+        self.details["held_out_accuracy"] = float(np.mean(predicted == self.held_out_labels))
+        self.details["held_out_balanced_accuracy"] = float(np.mean(recalls))
 
     @property
     def n_classes(self) -> int:
@@ -384,11 +411,19 @@ class SourceClassifier:
 
     @classmethod
     def fit(cls, embeddings: Any, labels: Any, classes: Sequence, seed: int = 0,
-            held_out: float | tuple[Any, Any] = 0.3, C: float = 1.0, max_iter: int = 2000) -> "SourceClassifier":
+            held_out: float | tuple[Any, Any] = 0.3, C: float | str = "auto", max_iter: int = 2000,
+            class_weight: str | None = "balanced") -> "SourceClassifier":
         """Fit on source ``embeddings`` (n x d) and ``labels`` (class names or indices).
 
         ``held_out`` is the stratified fraction kept out for calibration (seeded by ``seed``), or an explicit
         ``(embeddings, labels)`` held-out set (then all of ``embeddings`` trains the classifier).
+
+        ``C="auto"`` chooses the L2 regularisation by stratified cross-validated log-loss on the fitting part
+        (:data:`CV_CS`; scikit-learn's ``LogisticRegressionCV``); ``class_weight="balanced"`` keeps rare classes
+        from being ignored. Both change only how well the classes are told apart: the estimators recalibrate
+        (BCTS's per-class biases absorb the weighting) or read the held-out confusion matrix, so the source prior
+        stays where it is. On HAM10000 (benchmarks/prior_estimate_ham.py) the former default (C = 1, unweighted)
+        had a held-out accuracy of 0.46 on five classes and EM-BCTS an L1 error of 0.31.
         """
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import train_test_split
@@ -435,12 +470,15 @@ class SourceClassifier:
         missing = [classes[i] for i in range(k) if not np.any(y_fit == i)]
         if missing:
             raise ShiftInputError(f"source labels: class(es) {missing!r} have no examples to fit the classifier on")
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        chosen_c = _cross_validated_c(x_fit, y_fit, seed, max_iter, class_weight) if C == "auto" else float(C)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=chosen_c, max_iter=max_iter,
+                                                                   class_weight=class_weight))
         model.fit(x_fit, y_fit)
         held_out_logits = _log_proba(model, x_val)
-        details = {"classifier": "StandardScaler + multinomial LogisticRegression", "C": C, "seed": seed,
-                   "held_out_fraction": fraction, "n_fit": int(len(y_fit)), "n_held_out": int(len(y_val)),
-                   "held_out_accuracy": float(np.mean(held_out_logits.argmax(axis=1) == y_val))}
+        details = {"classifier": "StandardScaler + multinomial LogisticRegression", "C": chosen_c,
+                   "C_chosen_by": "cross-validated log-loss" if C == "auto" else "given",
+                   "class_weight": class_weight, "seed": seed,
+                   "held_out_fraction": fraction, "n_fit": int(len(y_fit)), "n_held_out": int(len(y_val))}
         return cls(classes, held_out_logits, y_val, model=model, details=details,
                    prior_sample_size=len(y) if fraction is not None else len(y_val))
 

@@ -1,0 +1,217 @@
+"""Issue 17's validation of label-free performance estimation on real data, against the truth.
+
+Models and splits come from ``benchmarks/estimate_models.py`` (run it first). Cases:
+- HAM10000: a model fine-tuned on rosendahl or vidir_modern (binary ``mel`` vs ``nv``, and multi-class), SRC = the
+  training site's held-out ``cal`` split, every other site a target;
+- PneumoniaMNIST and BreastMNIST: SRC = val, targets = the test split clean, with planted corruptions at three
+  severities (Gaussian blur, contrast reduction, Gaussian noise), and resampled to planted prevalences.
+Per case and method (``shiftkit.estimate``; NannyML's CBPE on the same model outputs as the peer column): the
+estimate of accuracy, its interval, and the accuracy measured with the target's labels. The summary per method:
+mean absolute error, worst error, interval coverage, and how often it beat the naive baseline (source accuracy).
+
+    python3 benchmarks/estimate_real.py --runs /work/runs/estimate [--bootstrap 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+CORRUPTIONS = {"blur": (0.5, 1.0, 2.0), "contrast": (0.7, 0.5, 0.3), "noise": (0.05, 0.1, 0.2)}
+PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling the clean test split
+
+
+def _rows(manifest: Path) -> list[tuple[str, str]]:
+    return [(str((manifest.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute() else r["path"],
+             r["label"]) for r in csv.DictReader(open(manifest))]
+
+
+def _write(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def corrupted(test: Path, kind: str, severity: float, out: Path) -> Path:
+    """The test split with one planted corruption (PNG copies; seeded noise)."""
+    folder = out / f"{kind}_{severity}"
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    rng = np.random.default_rng(0)
+    rows = []
+    for index, (path, label) in enumerate(_rows(test)):
+        image = Image.open(path).convert("L")
+        if kind == "blur":
+            image = image.filter(ImageFilter.GaussianBlur(severity))
+        elif kind == "contrast":
+            image = ImageEnhance.Contrast(image).enhance(severity)
+        else:
+            pixels = np.asarray(image, dtype=np.float64) / 255 + rng.normal(0, severity, image.size[::-1])
+            image = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+        target = folder / f"{index:05d}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(target)
+        rows.append((str(target), label))
+    return _write(manifest, rows)
+
+
+def prevalence(test: Path, positive_share: float, out: Path, classes: list[str]) -> Path:
+    """The largest subsample of the test split (without replacement, seeded) with the planted positive share."""
+    rows = _rows(test)
+    rng = np.random.default_rng(0)
+    positive = [r for r in rows if r[1] == classes[1]]
+    negative = [r for r in rows if r[1] == classes[0]]
+    n = int(min(len(positive) / positive_share, len(negative) / (1 - positive_share)))
+    keep = ([positive[i] for i in rng.choice(len(positive), int(round(positive_share * n)), replace=False)]
+            + [negative[i] for i in rng.choice(len(negative), n - int(round(positive_share * n)), replace=False)])
+    return _write(out / f"prevalence_{positive_share}.csv", keep)
+
+
+def cbpe(src_proba, src_y, tgt_proba, classes) -> dict | None:
+    """NannyML's CBPE accuracy on the same outputs (one chunk; its interval is NannyML's sampling band)."""
+    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # no network: NannyML would try to send usage data
+    warnings.filterwarnings("ignore", module="nannyml")
+    try:
+        import nannyml as nml
+        import pandas as pd
+    except ImportError:
+        return None
+    k = len(classes)
+    names = [f"p_{i}" for i in range(k)]
+
+    def frame(proba, y=None):
+        data = {name: proba[:, i] for i, name in enumerate(names)}
+        data["pred"] = proba.argmax(axis=1)
+        data["y"] = y if y is not None else np.full(len(proba), np.nan)
+        return pd.DataFrame(data)
+
+    binary = k == 2
+    estimator = nml.CBPE(metrics=["accuracy"], y_true="y", y_pred="pred", chunk_number=1,
+                         y_pred_proba=names[1] if binary else {i: n for i, n in enumerate(names)},
+                         problem_type="classification_binary" if binary else "classification_multiclass")
+    estimator.fit(frame(src_proba, src_y))
+    result = estimator.estimate(frame(tgt_proba)).filter(period="analysis").to_df()
+    row = result.iloc[-1]
+    value = float(row[("accuracy", "value")])
+    lo = row.get(("accuracy", "lower_confidence_boundary"))
+    hi = row.get(("accuracy", "upper_confidence_boundary"))
+    return {"estimate": value, "interval": [float(lo) if lo is not None else None, float(hi) if hi is not None else None]}
+
+
+def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, bootstrap: int) -> dict:
+    from shiftkit.data.table import load_table
+    from shiftkit.estimate import density_ratio_from_embeddings, estimate_performance
+    from shiftkit.estimate.command import EstimateRequest, measured_metrics, model_outputs
+    from shiftkit.features import load_finetuned
+    from shiftkit.finetune.trainer import resolve_device
+
+    adapted, classes = load_finetuned(model)
+    request = EstimateRequest(model, cal, target, cache_dir=cache, device="cpu")
+    device = resolve_device("cpu")
+    src_table, tgt_table = load_table(cal), load_table(target)
+    src, tgt = (model_outputs(t, adapted, device, request, None) for t in (src_table, tgt_table))
+    src_y = np.array([classes.index(r.labels[0]) for r in src_table.records])
+    tgt_y = np.array([classes.index(r.labels[0]) for r in tgt_table.records])
+    started = time.perf_counter()
+    density = density_ratio_from_embeddings(src.embeddings, tgt.embeddings, seed=0)
+    estimate = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
+                                    np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
+                                    density_ratio=density, bootstrap=bootstrap, seed=0)
+    seconds = time.perf_counter() - started
+    truth = measured_metrics(tgt.probabilities, tgt_y, classes, classes[1] if len(classes) == 2 else None)
+    methods = {r.method: {"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
+               for r in estimate.results if r.metric == "accuracy"}
+    peer = cbpe(src.probabilities, src_y, tgt.probabilities, classes)
+    if peer is not None:
+        methods["nannyml_cbpe"] = peer
+    return {"case": name, "n_source": len(src_y), "n_target": len(tgt_y), "true_accuracy": truth["accuracy"],
+            "methods": methods, "flags": [f.code for f in estimate.raised], "estimate_seconds": round(seconds, 2),
+            "domain_auc": density.domain_auc}
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    methods = sorted({m for r in results for m in r["methods"]})
+    rows = []
+    for method in methods:
+        errors, covered, beat = [], [], []
+        for r in results:
+            m = r["methods"].get(method)
+            if not m or m["estimate"] is None:
+                continue
+            error = abs(m["estimate"] - r["true_accuracy"])
+            errors.append(error)
+            if m["interval"] and None not in m["interval"]:
+                covered.append(m["interval"][0] <= r["true_accuracy"] <= m["interval"][1])
+            beat.append(error <= abs(r["methods"]["source"]["estimate"] - r["true_accuracy"]))
+        rows.append({"method": method, "cases": len(errors), "mae": float(np.mean(errors)),
+                     "worst": float(np.max(errors)), "coverage": float(np.mean(covered)) if covered else None,
+                     "at_least_as_good_as_source": float(np.mean(beat))})
+    return sorted(rows, key=lambda row: row["mae"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/estimate"))
+    parser.add_argument("--bootstrap", type=int, default=500)
+    parser.add_argument("--only", default=None, help="comma-separated case-name prefixes")
+    args = parser.parse_args()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from estimate_models import ham_cases, medmnist_cases  # the same deterministic splits the models trained on
+
+    cases = [{k: (str(v) if isinstance(v, Path) else {t: str(p) for t, p in v.items()} if isinstance(v, dict) else v)
+              for k, v in case.items()} for case in ham_cases(args.runs) + medmnist_cases(args.runs)]
+    cache = args.runs / "cache"
+    done_file = args.runs / "estimate_results.json"
+    results = json.loads(done_file.read_text()) if done_file.is_file() else []
+    done = {r["case"] for r in results}
+    for case in cases:
+        if args.only and not any(case["name"].startswith(p) for p in args.only.split(",")):
+            continue
+        if not (Path(case["model"]) / "metrics.json").is_file():
+            print(f"{case['name']}: no model yet (run estimate_models.py)", flush=True)
+            continue
+        targets = dict(case["targets"])
+        if "test" in case:
+            test = Path(case["test"])
+            classes = sorted({label for _, label in _rows(Path(case["train"]))})
+            targets["test_clean"] = str(test)
+            for kind, severities in CORRUPTIONS.items():
+                for severity in severities:
+                    targets[f"{kind}_{severity}"] = str(corrupted(test, kind, severity, args.runs / case["name"] / "corrupted"))
+            for share in PREVALENCES:
+                targets[f"prevalence_{share}"] = str(prevalence(test, share, args.runs / case["name"], classes))
+        for target_name, target in targets.items():
+            name = f"{case['name']} -> {target_name}"
+            if name in done:
+                continue
+            result = run_case(name, Path(case["model"]), Path(case["cal"]), Path(target), cache, args.bootstrap)
+            results.append(result)
+            done_file.write_text(json.dumps(results, indent=1))  # resumable: one case at a time
+            shown = ", ".join(f"{m} {v['estimate']:.3f}" for m, v in result["methods"].items() if v["estimate"] is not None)
+            print(f"{name}: true {result['true_accuracy']:.3f}; {shown}; flags {result['flags']}", flush=True)
+    summary = summarise(results)
+    (args.runs / "estimate_summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n{len(results)} cases")
+    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s}")
+    for row in summary:
+        coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
+        print(f"{row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
+              f"{row['at_least_as_good_as_source']:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""``shiftkit estimate`` as a library call: a fine-tuned checkpoint's outputs on labelled source-validation images
+and on the unlabelled target (one forward pass each, cached), then :func:`estimate_performance` with density ratios
+from the checkpoint's own embeddings. When the target happens to carry labels, the metrics measured with them are
+reported next to the estimates (a check, never an input)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from shiftkit.data.readers import ReadOptions
+from shiftkit.errors import ConfigError, DataError
+from shiftkit.estimate.run import DEFAULT_METHODS
+
+# The method the headline and the demo use: the lowest mean absolute error for accuracy on the real-data
+# validation (benchmarks/estimate_real.py; table in benchmarks/README.md).
+DEFAULT_METHOD = "atc"
+PRIOR_CHOICES = ("em_bcts", "bbse", "none")
+
+
+@dataclass
+class EstimateRequest:
+    checkpoint: Path
+    source_val: Path
+    target: Path
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    prior: str = "em_bcts"
+    positive: str | None = None
+    bootstrap: int = 1000
+    level: float = 0.95
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 128
+    cache_dir: Path | None = None
+    read_options: ReadOptions = field(default_factory=ReadOptions)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One forward pass of the checkpoint over a table: softmax outputs and penultimate embeddings."""
+
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+
+
+def check_request(request: EstimateRequest) -> None:
+    from shiftkit.estimate.estimators import METHODS
+
+    unknown = [m for m in request.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
+    if request.prior not in PRIOR_CHOICES:
+        raise ConfigError(f"--prior '{request.prior}' (choose from {', '.join(PRIOR_CHOICES)})")
+    if request.bootstrap < 2:
+        raise ConfigError("--bootstrap must be at least 2")
+
+
+def model_outputs(table, adapted, device, request: EstimateRequest, on_batch: Callable[[], None] | None) -> Outputs:
+    from shiftkit.features import extract
+
+    rep = extract(table, adapted, device, trained_head=True, batch_size=request.batch_size,
+                  read_options=request.read_options, cache_dir=request.cache_dir, on_batch=on_batch)
+    return Outputs(rep.probabilities.astype(np.float64), rep.embeddings.astype(np.float64))
+
+
+def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: list, positive: Any) -> dict[str, Any]:
+    """The target's true metrics from its labels, in the estimates' terms: accuracy, macro accuracy, per-class
+    sensitivity and specificity (``per_class``), and for a binary task the positive class's sensitivity,
+    specificity, PPV, NPV and AUROC."""
+    predicted = probabilities.argmax(axis=1)
+    present = [k for k in range(len(classes)) if np.any(labels == k)]
+    out: dict[str, Any] = {"n": int(len(labels)), "accuracy": float(np.mean(predicted == labels)),
+                           "macro_accuracy": float(np.mean([np.mean(predicted[labels == k] == k) for k in present]))}
+    out["per_class"] = {
+        str(classes[k]): {"sensitivity": float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None,
+                          "specificity": float(np.mean(predicted[labels != k] != k)) if np.any(labels != k) else None}
+        for k in range(len(classes))}
+    if len(classes) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        k = classes.index(positive)
+        truth, called = labels == k, predicted == k
+        ratio = lambda a, b: float(a / b) if b else None  # noqa: E731
+        out.update(sensitivity=ratio(np.sum(truth & called), np.sum(truth)),
+                   specificity=ratio(np.sum(~truth & ~called), np.sum(~truth)),
+                   ppv=ratio(np.sum(truth & called), np.sum(called)),
+                   npv=ratio(np.sum(~truth & ~called), np.sum(~called)),
+                   auroc=float(roc_auc_score(truth, probabilities[:, k])) if 0 < truth.sum() < len(truth) else None)
+    return out
+
+
+def _labels(table, classes: list, role: str) -> np.ndarray:
+    if table.multilabel:
+        raise DataError(f"{table.source}: {role} is multi-label; estimation needs one class per image")
+    names = [r.labels[0] if r.labels else None for r in table.records]
+    unknown = sorted({n for n in names if n is not None and n not in classes})
+    if unknown:
+        raise DataError(f"{table.source}: {role} label '{unknown[0]}' is not one of the model's classes "
+                        f"({', '.join(classes)})")
+    return np.array([classes.index(n) if n is not None else -1 for n in names])
+
+
+def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
+    """Estimate, with the flags, and the measured metrics when the target is labelled; returns estimate.json's
+    content."""
+    from shiftkit import __version__
+    from shiftkit.data.table import load_table
+    from shiftkit.estimate import density_ratio_from_embeddings, estimate_performance
+    from shiftkit.features import load_finetuned
+    from shiftkit.finetune.trainer import resolve_device
+
+    started = time.perf_counter()
+    check_request(request)
+    adapted, classes = load_finetuned(request.checkpoint)
+    if request.positive is not None and request.positive not in classes:
+        raise ConfigError(f"--positive '{request.positive}' is not one of the model's classes ({', '.join(classes)})")
+    source, target = load_table(request.source_val), load_table(request.target)
+    if not source.labeled or any(not r.labels for r in source.records):
+        raise DataError(f"{request.source_val}: --source-val needs a label for every image (the estimates are "
+                        "calibrated on them)")
+    if len(target) == 0:
+        raise DataError(f"{request.target}: the target has no images")
+    source_y = _labels(source, classes, "--source-val")
+    target_y = _labels(target, classes, "target") if target.labeled else None
+    device = resolve_device(request.device)
+    outputs = {}
+    for name, table in (("source-val", source), ("target", target)):
+        tick = on_stage(f"model outputs on {name}", -(-len(table) // request.batch_size)) if on_stage else None
+        outputs[name] = model_outputs(table, adapted, device, request, tick)
+    src, tgt = outputs["source-val"], outputs["target"]
+    density = density_ratio_from_embeddings(src.embeddings, tgt.embeddings, seed=request.seed)
+    positive = request.positive if request.positive is not None else (classes[1] if len(classes) == 2 else None)
+    estimate = estimate_performance(
+        np.log(np.clip(src.probabilities, 1e-12, None)), source_y, np.log(np.clip(tgt.probabilities, 1e-12, None)),
+        classes=classes, methods=request.methods, target_prior=None if request.prior == "none" else request.prior,
+        density_ratio=density, positive=positive, bootstrap=request.bootstrap, level=request.level,
+        seed=request.seed)
+    result = {
+        "checkpoint": str(request.checkpoint), "source_val": str(request.source_val), "target": str(request.target),
+        "default_method": DEFAULT_METHOD if DEFAULT_METHOD in request.methods else request.methods[0],
+        **estimate.to_dict(),
+        "measured": None,
+        "measured_note": "the target carries no labels" if target_y is None else None,
+    }
+    if target_y is not None:
+        labelled = target_y >= 0
+        if labelled.sum() == 0:
+            result["measured_note"] = "the target carries no labels"
+        else:
+            result["measured"] = measured_metrics(tgt.probabilities[labelled], target_y[labelled], classes, positive)
+            if labelled.sum() < len(target_y):
+                result["measured_note"] = f"measured on the {int(labelled.sum())} labelled target images"
+    result["settings"] = {"arch": adapted.arch, "weights": adapted.weights, "device": str(device),
+                          "bootstrap": request.bootstrap, "level": request.level, "prior": request.prior,
+                          "seed": request.seed, "seconds": round(time.perf_counter() - started, 2),
+                          "shiftkit": __version__}
+    return result

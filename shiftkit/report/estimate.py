@@ -1,0 +1,128 @@
+"""The ``shiftkit estimate`` report: estimate.json (machines), a rich table (terminal) and estimate.html (people),
+from :func:`shiftkit.estimate.command.run_estimate`'s result. Every number is shown with its method and interval;
+raised flags come first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from shiftkit.io import json_text, write_files
+from shiftkit.report.html import Page
+from shiftkit.report.plots import figure_png
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _span(row: dict) -> str:
+    if row["estimate"] is None:
+        return f"withheld: {row['withheld']}"
+    lo, hi = row["interval"] or (None, None)
+    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else " [no interval]"
+    return f"{row['estimate']:.3f}{interval}"
+
+
+def _label(row: dict) -> str:
+    return row["metric"] + (f" [{row['class']}]" if row["class"] is not None else "")
+
+
+def headline(result: dict) -> str:
+    """"accuracy at the target (atc, 95 % interval): 0.812 [0.790, 0.833]; measured with its labels: 0.80"."""
+    method = result["default_method"]
+    row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
+    text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
+    if result["measured"]:
+        text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
+    return text
+
+
+def accuracy_png(result: dict) -> bytes:
+    """Accuracy estimated by each method with its interval; the measured accuracy as a line when known."""
+    rows = [r for r in result["estimates"] if r["metric"] == "accuracy" and r["estimate"] is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    values = np.array([r["estimate"] for r in rows])
+    low = np.array([r["interval"][0] if r["interval"] else r["estimate"] for r in rows])
+    high = np.array([r["interval"][1] if r["interval"] else r["estimate"] for r in rows])
+    colours = ["#d62728" if r["method"] == result["default_method"] else "#1f77b4" for r in rows]
+    for row_y, value, lo, hi, colour in zip(y, values, low, high, colours):
+        ax.errorbar([value], [row_y], xerr=[[value - lo], [hi - value]], fmt="none", ecolor=colour, capsize=3)
+    ax.scatter(values, y, color=colours, zorder=3)
+    if result["measured"]:
+        ax.axvline(result["measured"]["accuracy"], color="#2ca02c", ls="--", label="measured with target labels")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_yticks(y, [r["method"] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"target accuracy ({result['level']:.0%} bootstrap interval)")
+    ax.set_title("Estimated accuracy at the target, by method")
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def html(result: dict) -> str:
+    page = Page(f"Performance at the target without its labels: {result['target']}")
+    page.paragraph(headline(result))
+    raised = [f for f in result["flags"] if f["status"] == "raised"]
+    page.heading("Flags" + (f" ({len(raised)} raised)" if raised else ""))
+    page.table(["flag", "status", "what it means here"],
+               [[f["code"], f["status"], f["message"]] for f in sorted(result["flags"],
+                                                                        key=lambda f: f["status"] != "raised")])
+    page.image(accuracy_png(result), "estimated accuracy by method")
+    measured = result["measured"] or {}
+    page.heading("Every estimate")
+    rows = []
+    for r in result["estimates"]:
+        truth = measured.get(r["metric"]) if r["class"] in (None, result["positive_class"]) else None
+        if truth is None and r["class"] is not None:
+            truth = measured.get("per_class", {}).get(str(r["class"]), {}).get(r["metric"])
+        rows.append([r["method"], _label(r), _span(r), truth])
+    page.table(["method", "metric", "estimate [interval]", "measured (target labels)"], rows)
+    if result["measured_note"]:
+        page.paragraph(result["measured_note"], "note")
+    page.heading("What each method assumes")
+    page.table(["method", "assumes", "fails when"],
+               [[name, info["assumes"], info["fails_when"]] for name, info in result["methods"].items()])
+    page.paragraph(" ".join(result["assumptions"]), "note")
+    if result["target_prior"]:
+        prior = result["target_prior"]
+        page.heading("Class priors")
+        page.table(["class", "source", "target (estimated)", "interval"],
+                   [[c, prior["source"].get(c), prior["target"].get(c),
+                     str(prior.get("interval", {}).get(c)) if prior.get("interval") else None]
+                    for c in prior["source"]])
+        page.paragraph(f"target prior from {prior['from']}", "note")
+    page.heading("Settings")
+    page.table(["setting", "value"], [[k, str(v)] for k, v in result["settings"].items()]
+               + [["checkpoint", result["checkpoint"]], ["source-val", result["source_val"]]])
+    return page.render()
+
+
+def write_report(result: dict, out: Path) -> None:
+    """estimate.json and estimate.html, together (never one without the other)."""
+    data, page = json_text(result), html(result)
+    write_files({out / "estimate.json": lambda tmp: tmp.write_text(data),
+                 out / "estimate.html": lambda tmp: tmp.write_text(page)})
+
+
+def print_summary(result: dict, console: Console) -> None:
+    table = Table(title="Accuracy at the target, estimated without its labels", box=box.SIMPLE_HEAD)
+    for column in ("method", f"estimate [{result['level']:.0%} interval]", "what it is"):
+        table.add_column(column, overflow="fold")
+    for r in result["estimates"]:
+        if r["metric"] == "accuracy":
+            name = r["method"] + (" (default)" if r["method"] == result["default_method"] else "")
+            table.add_row(escape(name), _span(r), escape(result["methods"][r["method"]]["title"]))
+    console.print(table)
+    console.print(headline(result), markup=False)
+    for flag in result["flags"]:
+        if flag["status"] == "raised":
+            console.print(f"flag {flag['code']}: {flag['message']}", markup=False, style="bold red")
+    console.print("Every method assumes no concept shift (a given image means the same diagnosis at both sites), "
+                  "which no label-free method can check; estimate.html lists what else each assumes.", markup=False)
