@@ -80,3 +80,10 @@ def test_demo_finds_the_planted_shift(tmp_path):
     assert rows["where it lands"]["matches"], rows["where it lands"]
     assert rows["image properties"]["matches"], rows["image properties"]
     assert report["fingerprint"]["peak"]["index"] == 0
+    # hospital B's accuracy estimated without its labels, beside what its labels measure; the planted shift is
+    # strong, so the estimate must come with the flags that say not to trust it
+    estimate = summary["estimate"]
+    assert estimate["accuracy"]["interval"][0] <= estimate["accuracy"]["estimate"] <= estimate["accuracy"]["interval"][1]
+    assert 0 < estimate["accuracy"]["measured"] <= 1
+    assert "covariate_shift" in estimate["flags"]
+    assert "estimated before its labels were used" in result.output

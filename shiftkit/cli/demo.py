@@ -47,6 +47,18 @@ def _finetune_table(summary: dict) -> Table:
     return table
 
 
+def _estimate_line(summary: dict) -> str:
+    e = summary["estimate"]
+    parts = []
+    for metric, name in (("accuracy", "accuracy"), ("balanced_accuracy", "macro accuracy")):
+        row = e[metric]
+        method = row.get("method", e["method"])
+        lo, hi = row["interval"]
+        parts.append(f"{name} {row['estimate']:.3f} [{lo:.3f}, {hi:.3f}] ({method}), measured {row['measured']:.3f}")
+    flags = f"; flags raised: {', '.join(e['flags'])}" if e["flags"] else ""
+    return "Hospital B estimated before its labels were used: " + "; ".join(parts) + flags
+
+
 @user_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder: data/, diagnose/, finetune/, demo.json."),
@@ -76,6 +88,7 @@ def demo(
     console.print(_found_table(summary))
     console.print(_recommendation_table(summary))
     console.print(_finetune_table(summary))
+    console.print(_estimate_line(summary), markup=False)
     before, after = summary["adabn"]["test_hospital_b_before"], summary["adabn"]["test_hospital_b_after"]
     change = after["accuracy"] - before["accuracy"]
     verdict = "helped" if change > 0.01 else "hurt" if change < -0.01 else "did not change"

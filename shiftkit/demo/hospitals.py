@@ -93,11 +93,14 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def write_hospitals(out: str | Path, n_source: int = 180, n_target: int = 150, seed: int = 0,
-                    shift: PlantedShift | None = None) -> dict[str, Path]:
+                    shift: PlantedShift | None = None, n_calibration: int = 90) -> dict[str, Path]:
     """Write hospital A (class folders) and hospital B (images + a labelled manifest kept apart for evaluation).
 
-    Returns the paths: ``source`` (A's class folders), ``target`` (B's unlabeled image folder) and
-    ``target_labels`` (B's ``path,label`` manifest, which diagnose is not given: it must infer B's priors).
+    Returns the paths: ``source`` (A's class folders), ``target`` (B's unlabeled image folder),
+    ``target_labels`` (B's ``path,label`` manifest, which diagnose is not given: it must infer B's priors) and
+    ``source_calibration`` (``n_calibration`` more labelled images from A that no model trains on: what
+    ``shiftkit estimate`` calibrates on). The calibration images are drawn last, so A and B are the same bytes
+    with or without them.
     """
     shift = shift or PlantedShift()
     out = Path(out)
@@ -114,4 +117,9 @@ def write_hospitals(out: str | Path, n_source: int = 180, n_target: int = 150, s
         rows.append(f"hospital_b/{name},{kind}")
     labels = out / "hospital_b_labels.csv"
     write_text(labels, "path,label\n" + "\n".join(rows) + "\n")
-    return {"source": source_dir, "target": target_dir, "target_labels": labels}
+    calibration_dir = out / "hospital_a_calibration"
+    for kind, count in _counts(shift.source_prior, n_calibration).items():
+        for i in range(count):
+            _write_png(calibration_dir / kind / f"a_cal_{kind}_{i:04d}.png", make_image(kind, SOURCE_SIZE, rng))
+    return {"source": source_dir, "target": target_dir, "target_labels": labels,
+            "source_calibration": calibration_dir}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from shiftkit.demo.hospitals import PlantedShift, planted_property_changes, write_hospitals
+from shiftkit.estimate.command import EstimateRequest, run_estimate
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
 from shiftkit.harmonize.bn import AdaptBNRequest, run_adapt_bn
 from shiftkit.finetune.strategies import StrategyConfig
@@ -124,28 +125,45 @@ def _fingerprint_rows(shift: PlantedShift, fingerprint: dict | None) -> list[dic
     ]
 
 
+def _estimate_summary(estimate: dict) -> dict:
+    """The default method's accuracy and balanced accuracy estimated without B's labels, next to what B's labels
+    then measure, and the flags raised."""
+    method = estimate["default_method"]
+    rows = {r["metric"]: r for r in estimate["estimates"] if r["method"] == method or
+            (r["metric"] == "balanced_accuracy" and r["method"] == "cm_atc")}
+    return {"method": method,
+            "accuracy": {"estimate": rows["accuracy"]["estimate"], "interval": rows["accuracy"]["interval"],
+                         "measured": estimate["measured"]["accuracy"]},
+            "balanced_accuracy": {"method": rows["balanced_accuracy"]["method"],
+                               "estimate": rows["balanced_accuracy"]["estimate"],
+                               "interval": rows["balanced_accuracy"]["interval"],
+                               "measured": estimate["measured"]["balanced_accuracy"]},
+            "flags": [f["code"] for f in estimate["flags"] if f["status"] == "raised"]}
+
+
 def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
     """Run the whole demo into ``request.out`` and return its summary (also written to ``demo.json``)."""
     from shiftkit.report.diagnose import write_report
+    from shiftkit.report.estimate import write_report as write_estimate_report
 
     hooks = hooks or DemoHooks()
     started = time.perf_counter()
     out = Path(request.out)
-    _phase(hooks, "1/5 generating two synthetic hospitals")
+    _phase(hooks, "1/6 generating two synthetic hospitals")
     paths = write_hospitals(out / "data", seed=request.seed, shift=request.shift)
 
-    _phase(hooks, "2/5 diagnosing hospital B against hospital A")
+    _phase(hooks, "2/6 diagnosing hospital B against hospital A")
     diagnose_request = DiagnoseRequest(source=paths["source"], target=paths["target"], arch=ARCH, weights="imagenet",
                                        image_size=request.image_size, permutations=request.permutations,
                                        seed=request.seed, device=request.device, fingerprint=True)
     profile, embedded = run_diagnose(diagnose_request, on_stage=hooks.on_stage, on_step=hooks.on_step)
 
-    _phase(hooks, "3/5 recommending a fine-tuning strategy")
+    _phase(hooks, "3/6 recommending a fine-tuning strategy")
     report = write_report(profile, embedded, out / "diagnose")  # the report carries the recommendation
     recommendation = report["recommendation"]
     chosen = recommendation["ranking"][0]["strategy"]
 
-    _phase(hooks, f"4/5 fine-tuning with '{chosen}' on hospital A, testing on hospital B")
+    _phase(hooks, f"4/6 fine-tuning with '{chosen}' on hospital A, testing on hospital B")
     finetune = run_finetune(FinetuneRequest(
         data=paths["source"], test=paths["target_labels"], out=out / "finetune", arch=ARCH, weights="imagenet",
         image_size=request.image_size,
@@ -154,7 +172,13 @@ def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
         strategy=StrategyConfig(lp_epochs=max(1, request.epochs // 2)),
     ), callback=hooks.trainer, on_stage=hooks.trainer)  # EpochProgress also shows decoding
 
-    _phase(hooks, "5/5 adapting the model's BatchNorm statistics to hospital B (AdaBN, no labels used)")
+    _phase(hooks, "5/6 estimating the model's accuracy at hospital B without B's labels")
+    estimate = run_estimate(EstimateRequest(checkpoint=out / "finetune", source_val=paths["source_calibration"],
+                                            target=paths["target_labels"], bootstrap=500, seed=request.seed,
+                                            device=request.device), on_stage=hooks.on_stage)
+    write_estimate_report(estimate, out / "estimate")
+
+    _phase(hooks, "6/6 adapting the model's BatchNorm statistics to hospital B (AdaBN, no labels used)")
     adabn = run_adapt_bn(AdaptBNRequest(checkpoint=out / "finetune", target=paths["target_labels"],
                                         out=out / "adabn", method="adabn", device=request.device,
                                         seed=request.seed), on_stage=hooks.trainer)
@@ -165,10 +189,12 @@ def run_demo(request: DemoRequest, hooks: DemoHooks | None = None) -> dict:
         "recommendation": recommendation,
         "finetune": {"strategy": chosen, "val_hospital_a": finetune["val"], "test_hospital_b": finetune["test"],
                      "epochs_run": finetune["epochs_run"]},
+        "estimate": _estimate_summary(estimate),
         "adabn": {"test_hospital_b_before": adabn.before.get("metrics"),
                   "test_hospital_b_after": adabn.after.get("metrics")},
         "outputs": {"data": str(out / "data"), "diagnose": str(out / "diagnose" / "report.html"),
                     "finetune": str(out / "finetune" / "metrics.json"),
+                    "estimate": str(out / "estimate" / "estimate.html"),
                     "adabn": str(out / "adabn" / "adaptation.json")},
         "seconds": round(time.perf_counter() - started, 1),
     }

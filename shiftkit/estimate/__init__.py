@@ -1,7 +1,7 @@
 """Label-free performance estimation: how well will the model do on an unlabelled target site?
 
 From one model's outputs on labelled source validation images (not used for training) and on the unlabelled
-target, :func:`estimate_performance` estimates target accuracy and, where the method allows, macro accuracy,
+target, :func:`estimate_performance` estimates target accuracy and, where the method allows, balanced accuracy,
 per-class sensitivity/specificity, PPV/NPV and AUROC (binary), each with a bootstrap interval and the assumption it
 rests on, plus flags that say when not to trust them.
 
@@ -14,7 +14,7 @@ ac        average BCTS-calibrated confidence, as an expected           all (expe
 atc       average thresholded confidence (Garg et al. 2022)           accuracy
 doc       difference of confidences (Guillory et al. 2021)            accuracy
 iw        importance-weighted source metrics (density ratios)         all (weighted AUROC, binary)
-cm_atc    per-predicted-class ATC -> confusion matrix; thresholds on   accuracy, macro accuracy, sensitivity,
+cm_atc    per-predicted-class ATC -> confusion matrix; thresholds on   accuracy, balanced accuracy, sensitivity,
           a source re-weighted to the target prior; PPV/NPV by Bayes   specificity, PPV/NPV (no AUROC)
 ========  ==========================================================  ========================================
 

@@ -68,13 +68,14 @@ def model_outputs(table, adapted, device, request: EstimateRequest, on_batch: Ca
 
 
 def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: list, positive: Any) -> dict[str, Any]:
-    """The target's true metrics from its labels, in the estimates' terms: accuracy, macro accuracy, per-class
+    """The target's true metrics from its labels, in the estimates' terms: accuracy, balanced accuracy (the mean
+    per-class sensitivity; not ``finetune``'s macro accuracy, the paper's mean one-vs-rest accuracy), per-class
     sensitivity and specificity (``per_class``), and for a binary task the positive class's sensitivity,
     specificity, PPV, NPV and AUROC."""
     predicted = probabilities.argmax(axis=1)
     present = [k for k in range(len(classes)) if np.any(labels == k)]
     out: dict[str, Any] = {"n": int(len(labels)), "accuracy": float(np.mean(predicted == labels)),
-                           "macro_accuracy": float(np.mean([np.mean(predicted[labels == k] == k) for k in present]))}
+                           "balanced_accuracy": float(np.mean([np.mean(predicted[labels == k] == k) for k in present]))}
     out["per_class"] = {
         str(classes[k]): {"sensitivity": float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None,
                           "specificity": float(np.mean(predicted[labels != k] != k)) if np.any(labels != k) else None}

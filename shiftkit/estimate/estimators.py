@@ -24,7 +24,7 @@ from shiftkit.estimate.weights import DensityRatio
 
 __all__ = ["METHODS", "Batch", "Context", "MethodInfo", "metrics_of"]
 
-CONFUSION_METRICS = ("accuracy", "macro_accuracy", "sensitivity", "specificity", "ppv", "npv")
+CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv")
 NO_CONCEPT_SHIFT = "no concept shift (P(y|x) is the same at the source and the target)"
 
 
@@ -313,7 +313,7 @@ def metrics_of(method: str, out: dict[str, np.ndarray], batch: Batch) -> dict[tu
     else:
         accuracy = rates["accuracy"]
     result[("accuracy", None)] = accuracy
-    result[("macro_accuracy", None)] = rates["macro_accuracy"]
+    result[("balanced_accuracy", None)] = rates["balanced_accuracy"]
     classes = [ctx.positive] if ctx.binary else range(ctx.data.n_classes)
     for c in classes:
         result[("sensitivity", c)] = rates["sensitivity"][:, c]

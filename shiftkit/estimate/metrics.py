@@ -38,7 +38,7 @@ def joint_confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int, weight
 def confusion_rates(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Rates of joint confusion matrices (B x K x K).
 
-    Returns ``accuracy`` (B), ``macro_accuracy`` (B; the mean per-class sensitivity, i.e. balanced accuracy),
+    Returns ``accuracy`` (B), ``balanced_accuracy`` (B; the mean per-class sensitivity, i.e. balanced accuracy),
     ``sensitivity`` and ``specificity`` (B x K; one class against the rest: P(yhat = k | y = k) and
     P(yhat != k | y != k)) and ``prevalence`` (B x K; the row sums, the class frequencies the matrix implies).
     """
@@ -50,7 +50,7 @@ def confusion_rates(confusion: np.ndarray) -> dict[str, np.ndarray]:
     specificity = _ratio(1.0 - prevalence - (predicted - diag), 1.0 - prevalence)
     return {
         "accuracy": diag.sum(axis=1),
-        "macro_accuracy": np.nanmean(sensitivity, axis=1) if sensitivity.size else sensitivity,
+        "balanced_accuracy": np.nanmean(sensitivity, axis=1) if sensitivity.size else sensitivity,
         "sensitivity": sensitivity,
         "specificity": specificity,
         "prevalence": prevalence,

@@ -33,7 +33,7 @@ class EstimateResult:
     """One metric estimated by one method.
 
     ``class_name`` names the class of a per-class metric (sensitivity, specificity; the positive class of PPV, NPV
-    and AUROC), None for accuracy and macro accuracy. ``interval`` is the percentile-bootstrap interval at ``level``.
+    and AUROC), None for accuracy and balanced accuracy. ``interval`` is the percentile-bootstrap interval at ``level``.
     """
 
     method: str
