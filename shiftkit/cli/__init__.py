@@ -13,6 +13,7 @@ from shiftkit.cli.diagnose import diagnose
 from shiftkit.cli.estimate import estimate
 from shiftkit.cli.finetune import finetune
 from shiftkit.cli.harmonize import harmonize
+from shiftkit.cli.radiomics import radiomics_app
 from shiftkit.cli.recommend import recommend
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command()(recommend)
 app.command()(finetune)
 app.command()(compare)
 app.command()(audit)
+app.add_typer(radiomics_app)
 
 
 @app.callback()
