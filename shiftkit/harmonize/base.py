@@ -36,7 +36,8 @@ from shiftkit.io import write_json
 FORMAT = "shiftkit-harmonizer"
 FORMAT_VERSION = 1
 # modules whose import registers the built-in harmonizers, in the order --method lists them
-BUILTIN_MODULES = ("shiftkit.harmonize.resample", "shiftkit.harmonize.intensity", "shiftkit.harmonize.colour")
+BUILTIN_MODULES = ("shiftkit.harmonize.resample", "shiftkit.harmonize.intensity", "shiftkit.harmonize.colour",
+                   "shiftkit.harmonize.lab_match", "shiftkit.harmonize.constancy")
 Masks = Optional[Iterable[Optional[np.ndarray]]]  # per-image foreground masks aligned with the images, or None
 
 
@@ -79,6 +80,8 @@ class Harmonizer:
     kind: ClassVar[str] = ""  # the name it is registered and saved under
     method: ClassVar[str] = ""  # the --method that chooses it (the kind, or a shared one such as "colour")
     geometric: ClassVar[bool] = False
+    # channel counts --method auto tries it on (None: any its check_input accepts); --method a,b names it anyway
+    auto_channels: ClassVar[Optional[tuple[int, ...]]] = None
 
     def __init__(self) -> None:
         self.state: dict[str, Any] | None = None

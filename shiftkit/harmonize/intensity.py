@@ -172,6 +172,8 @@ class NyulStandardization(Harmonizer):
     intensity units (8-bit images stay 8-bit); TorchIO uses ``(0, 100)``.
     """
 
+    auto_channels = (1,)  # per-channel on RGB speckles colour: --method auto tries labmatch/colour there
+
     def __init__(self, cutoff: Sequence[float] = (1.0, 99.0), scale: Sequence[float] | None = None,
                  foreground: str = "none") -> None:
         super().__init__()
@@ -250,6 +252,7 @@ class ZScore(Harmonizer):
     units; ``scale="unit"`` leaves mean 0 / sd 1 (float outputs)."""
 
     SCALES = ("source", "unit")
+    auto_channels = (1,)  # per-channel on RGB: --method auto tries Reinhard/labmatch there
 
     def __init__(self, scale: str = "source", clip: Sequence[float] | None = None, foreground: str = "none") -> None:
         super().__init__()

@@ -48,20 +48,59 @@ def check_settings(settings: MeasureSettings) -> None:
         registry.check_names(settings.tests, noun="test")
 
 
+def harmonize_tests(settings: MeasureSettings) -> tuple[str, ...]:
+    """The covariate tests harmonize runs: ``settings.tests``, or those registered for "harmonize"."""
+    return registry.default_tests("harmonize") if settings.tests is None else tuple(settings.tests)
+
+
+class Embedder:
+    """The network that embeds images for the shift tests, built once and reused for every table measured (the
+    reference once, the input once, each harmonized output once), with the disk cache when ``cache_dir`` is set."""
+
+    def __init__(self, settings: MeasureSettings) -> None:
+        from shiftkit.finetune.trainer import resolve_device
+        from shiftkit.models.registry import build_model
+
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.adapted = build_model(settings.arch, 1, settings.weights, settings.image_size)
+
+    def embed(self, table: ImageTable, name: str,
+              on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> np.ndarray:
+        """The embeddings (images x features) of every image of ``table``; ``name`` labels the progress bar."""
+        from shiftkit.features import extract
+
+        settings = self.settings
+        tick = on_stage(f"embedding {name}", -(-len(table) // settings.batch_size)) if on_stage else None
+        return extract(table, self.adapted, self.device, batch_size=settings.batch_size,
+                       read_options=settings.read_options, cache_dir=settings.cache_dir, on_batch=tick).embeddings
+
+
+def compare_embeddings(reference: np.ndarray, other: np.ndarray, settings: MeasureSettings,
+                       tests: tuple[str, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """``{test: result dict}``: the covariate tests between two embedded sets, MMD-type tests on ``pca``
+    components fitted on the pooled pair (as ``diagnose``), the domain classifier on the full embedding."""
+    from shiftkit.features import fit_pca
+
+    tests = harmonize_tests(settings) if tests is None else tests
+    test_settings = registry.TestSettings(seed=settings.seed, permutations=settings.permutations,
+                                          device=settings.device)
+    pca = fit_pca(np.vstack([reference, other]), settings.pca, settings.seed) if settings.pca else None
+    ref_low, tgt_low = (pca.transform(reference), pca.transform(other)) if pca else (reference, other)
+    inputs = registry.TestInputs(reduced=(ref_low, tgt_low), full=(reference, other))
+    return {test: r.to_dict() for test, r in registry.run_tests(tests, inputs, test_settings).items()}
+
+
 def measure_shift(reference: ImageTable, before: ImageTable, after: ImageTable, settings: MeasureSettings,
                   on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> dict[str, Any]:
     """The covariate tests (default MMD on ``pca`` components fitted on each pooled pair, as ``diagnose``, and the
     domain classifier on the full embedding) between ``reference`` and ``before``, and between ``reference`` and
     ``after``. ``before`` and ``after`` must list the same images in the same order: the same subset of both is
     measured."""
-    from shiftkit.features import extract, fit_pca
-    from shiftkit.finetune.trainer import resolve_device
-    from shiftkit.models.registry import build_model
-
     if len(before) != len(after):
         raise DataError("before and after tables differ in length")
     check_settings(settings)
-    tests = registry.default_tests("harmonize") if settings.tests is None else tuple(settings.tests)
+    tests = harmonize_tests(settings)
     reference = subsample_table(reference, settings.max_images, settings.seed)
     before = subsample_table(before, settings.max_images, settings.seed + 1)
     after = subsample_table(after, settings.max_images, settings.seed + 1)
@@ -69,26 +108,14 @@ def measure_shift(reference: ImageTable, before: ImageTable, after: ImageTable, 
         if len(table) < MIN_IMAGES:
             raise DataError(f"{table.source}: the {name} has {len(table)} image(s); a shift test needs at least "
                             f"{MIN_IMAGES}")
-    device = resolve_device(settings.device)
-    adapted = build_model(settings.arch, 1, settings.weights, settings.image_size)
+    embedder = Embedder(settings)
     started = time.perf_counter()
-    embeddings = {}
-    for name, table in (("reference", reference), ("before", before), ("after", after)):
-        tick = on_stage(f"embedding {name}", -(-len(table) // settings.batch_size)) if on_stage else None
-        embeddings[name] = extract(table, adapted, device, batch_size=settings.batch_size,
-                                   read_options=settings.read_options, cache_dir=settings.cache_dir,
-                                   on_batch=tick).embeddings
-    test_settings = registry.TestSettings(seed=settings.seed, permutations=settings.permutations,
-                                          device=settings.device)
-    result: dict[str, Any] = {}
-    for name in ("before", "after"):
-        ref, tgt = embeddings["reference"], embeddings[name]
-        pca = fit_pca(np.vstack([ref, tgt]), settings.pca, settings.seed) if settings.pca else None
-        ref_low, tgt_low = (pca.transform(ref), pca.transform(tgt)) if pca else (ref, tgt)
-        inputs = registry.TestInputs(reduced=(ref_low, tgt_low), full=(ref, tgt))
-        result[name] = {test: r.to_dict() for test, r in registry.run_tests(tests, inputs, test_settings).items()}
+    embeddings = {name: embedder.embed(table, name, on_stage)
+                  for name, table in (("reference", reference), ("before", before), ("after", after))}
+    result: dict[str, Any] = {name: compare_embeddings(embeddings["reference"], embeddings[name], settings, tests)
+                              for name in ("before", "after")}
     result["settings"] = {
-        "arch": adapted.arch, "weights": adapted.weights, "image_size": settings.image_size,
+        "arch": embedder.adapted.arch, "weights": embedder.adapted.weights, "image_size": settings.image_size,
         "max_images": settings.max_images, "n_reference": len(reference), "n_input": len(before),
         "permutations": settings.permutations, "pca": settings.pca, "seed": settings.seed,
         "seconds": round(time.perf_counter() - started, 2),

@@ -1,6 +1,7 @@
-"""The harmonize report: ``report.html`` (the shift to the reference before and after, intensity histograms of
-stored values, a few images before and after) and the rich before/after table; ``harmonize.json`` itself is
-written by :func:`shiftkit.harmonize.command.run_harmonize`."""
+"""The harmonize report: ``report.html`` (with ``--method auto``: the comparison of the candidates on held-out
+images and before/after thumbnails; the shift to the reference before and after, intensity histograms of stored
+values, a few images before and after) and the rich tables; ``harmonize.json`` itself is written by
+:func:`shiftkit.harmonize.command.run_harmonize`."""
 
 from __future__ import annotations
 
@@ -70,11 +71,60 @@ def _examples(before, after, count: int = 4) -> bytes:
     return figure_png(fig)
 
 
-def write_html(report: dict, out: Path, seed: int) -> Path:
-    """``DIR/report.html``: the shift before/after, intensity histograms and a few images before/after."""
-    page = Page(f"Harmonization ({report['kind']}): {report['input']}")
-    page.paragraph(f"reference: {report['reference'] or '(none)'}; harmonizer: {report['harmonizer']}; "
-                   f"{report['n_images']} images written to {report['manifest']}")
+def _interval(values: list | None) -> str:
+    return "-" if not values else f"{values[0]:.3f}–{values[1]:.3f}"
+
+
+def selection_rows(selection: dict) -> list[list]:
+    """One row per candidate, in rank order: the comparison table of report.html and the terminal."""
+    rows = []
+    for c in selection["candidates"]:
+        status = ("chosen" if c["name"] == selection.get("chosen") else "failed: " + c["error"] if c["error"]
+                  else "disqualified: " + c["disqualified"] if c["disqualified"]
+                  else "reduces" if c["reduces"] else "does not reduce")
+        rows.append([c["rank"], c["name"], c["auc_after"], _interval(c["auc_after_ci"]), c["mmd_after"],
+                     c["mmd_after_p"], c["content_correlation"], status])
+    return rows
+
+
+SELECTION_HEADER = ["rank", "candidate", "domain AUC after", "95% interval", "MMD² after", "MMD p", "content r",
+                    "verdict"]
+
+
+def _selection_html(page: Page, selection: dict, examples: list) -> None:
+    before = selection["before"]
+    page.heading("Choice of harmonizer (held-out images)")
+    page.paragraph(selection["verdict"], "verdict-none" if selection.get("written") else "verdict-mild")
+    split = selection["split"]
+    page.paragraph(f"before: domain AUC {before['auc']:.3f} ({_interval(before['auc_ci'])}), MMD² "
+                   f"{before['mmd']:.4g} (p {before['mmd_p']:.3g}); each candidate fitted on "
+                   f"{split['reference']['fit']} reference images and measured on {split['input']['held_out']} "
+                   f"held-out input images against {split['reference']['held_out']} held-out reference images")
+    page.table(SELECTION_HEADER, selection_rows(selection))
+    page.paragraph(f"Rule: {selection['rule']}.", "note")
+    if selection.get("skipped"):
+        page.table(["not tried", "why"], [[s["name"], s["reason"]] for s in selection["skipped"]])
+    if examples:
+        top = selection["candidates"][0]["name"] if selection["candidates"] else ""
+        page.heading(f"Held-out input images before | after ({top}, one intensity scale per pair)")
+        for name, png in examples:
+            page.image(png, f"{name} before and after {top}")
+
+
+def write_html(report: dict, out: Path, seed: int, inline: dict | None = None) -> Path:
+    """``DIR/report.html``: the candidates' comparison (``--method auto``), the shift before/after, intensity
+    histograms and a few images before/after. ``inline``: what only the page shows (``selection_examples``)."""
+    selection = report.get("selection")
+    written = report.get("manifest") is not None
+    page = Page(f"Harmonization ({report['kind'] or 'auto: nothing written'}): {report['input']}")
+    if written:
+        page.paragraph(f"reference: {report['reference'] or '(none)'}; harmonizer: {report['harmonizer']}; "
+                       f"{report['n_images']} images written to {report['manifest']}")
+    if selection:
+        _selection_html(page, selection, (inline or {}).get("selection_examples") or [])
+    if not written:
+        write_text(out / "report.html", page.render())
+        return out / "report.html"
     shift = report.get("shift")
     if shift:
         page.heading("Shift to the reference")
@@ -119,3 +169,24 @@ def print_shift(report: dict, console: Console) -> None:
         table.add_row(name, _fmt(mmd["statistic"]), _fmt(mmd["p_value"], 3), _fmt(classifier["statistic"], 3),
                       _fmt(classifier["p_value"], 3))
     console.print(table)
+
+
+def print_selection(report: dict, console: Console) -> None:
+    """The candidates' comparison and the verdict line (``--method auto``) on ``console``."""
+    selection = report["selection"]
+    before = selection["before"]
+    table = Table(title=f"held-out shift after each candidate (before: domain AUC {before['auc']:.3f} "
+                        f"({_interval(before['auc_ci'])}), MMD² {before['mmd']:.4g}); r: content correlation")
+    for column in ("#", "candidate", "AUC", "95% CI", "MMD²", "p", "r", "verdict"):
+        table.add_column(column, justify="left" if column in ("candidate", "verdict") else "right",
+                         no_wrap=column in ("candidate", "95% CI"))
+    for row in selection_rows(selection):
+        cells = [v if isinstance(v, str) else str(v) if isinstance(v, int) else _fmt(v, 3) for v in row]
+        cells[6] = "-" if row[6] is None else f"{row[6]:.2f}"  # the content correlation
+        table.add_row(*cells)
+    console.print(table)
+    skipped = selection.get("skipped") or []
+    if skipped:
+        console.print(f"not tried: {', '.join(s['name'] for s in skipped)} (reasons in harmonize.json)",
+                      markup=False)
+    console.print(selection["verdict"], markup=False)
