@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,18 +30,13 @@ CORRUPTIONS = {"blur": (0.5, 1.0, 2.0), "contrast": (0.7, 0.5, 0.3), "noise": (0
 PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling the clean test split
 
 
+sys.path.insert(0, str(Path(__file__).parent))
+from estimate_models import _write, ham_cases, medmnist_cases  # noqa: E402  (the splits the models trained on)
+
+
 def _rows(manifest: Path) -> list[tuple[str, str]]:
     return [(str((manifest.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute() else r["path"],
              r["label"]) for r in csv.DictReader(open(manifest))]
-
-
-def _write(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
-    return path
 
 
 def corrupted(test: Path, kind: str, severity: float, out: Path) -> Path:
@@ -167,11 +163,6 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--only", default=None, help="comma-separated case-name prefixes")
     args = parser.parse_args()
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from estimate_models import ham_cases, medmnist_cases  # the same deterministic splits the models trained on
-
     cases = [{k: (str(v) if isinstance(v, Path) else {t: str(p) for t, p in v.items()} if isinstance(v, dict) else v)
               for k, v in case.items()} for case in ham_cases(args.runs) + medmnist_cases(args.runs)]
     cache = args.runs / "cache"

@@ -11,6 +11,11 @@ does not).
 
     python benchmarks/harmonize_ham10000.py --shared ../shared --out runs/harmonize_ham10000 \
         --per-site 500 --image-size 128 --cache-dir /work/cache/emb
+
+``--auto`` runs ``harmonize --method auto``'s choice instead (:func:`shiftkit.harmonize.selection.select_harmonizer`:
+every applicable harmonizer fitted on half the reference, scored on the held-out halves) for every ordered pair
+(``--pairs all``), and tabulates the choice and the held-out shift before -> after (the chosen method's, or
+unchanged when nothing reduced it and nothing would be written).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ METHODS = {  # name -> (method, options)
     "colour_reinhard": ("colour", {"colour_method": "reinhard"}),
     "nyul": ("nyul", {}),
     "zscore": ("zscore", {}),
+    "labmatch": ("labmatch", {}),
+    "colour_shades_of_gray": ("colour", {"colour_method": "shades_of_gray"}),
+    "colour_macenko": ("colour", {"colour_method": "macenko"}),
 }
 
 
@@ -61,6 +69,43 @@ def _figures(measured: dict) -> dict:
             "auc": measured["domain_classifier"]["statistic"]}
 
 
+def auto_pairs(manifests: dict[str, Path], pairs: list[tuple[str, str]], settings: MeasureSettings, out: Path,
+               console: Console) -> None:
+    """``--method auto`` on each TARGET:REFERENCE pair: the chosen method (or none) and the held-out shift."""
+    from shiftkit.harmonize.selection import select_harmonizer
+
+    summary_file = out / "auto_summary.json"
+    results = {}
+    table = Table(title="HAM10000: harmonize --method auto, held-out shift to the reference")
+    for column in ("target -> reference", "chosen", "AUC before", "AUC after", "MMD² before", "MMD² after",
+                   "candidates that reduce", "seconds"):
+        table.add_column(column, justify="right")
+    for target_site, reference_site in pairs:
+        name = f"{target_site}->{reference_site}"
+        started = time.perf_counter()
+        selection = select_harmonizer(load_table(manifests[target_site]), load_table(manifests[reference_site]),
+                                      "auto", settings).to_dict()
+        before = selection["before"]
+        chosen = next((c for c in selection["candidates"] if c["name"] == selection["chosen"]), None)
+        row = {"chosen": selection["chosen"], "auc_before": before["auc"], "mmd_before": before["mmd"],
+               "auc_after": chosen["auc_after"] if chosen else before["auc"],
+               "mmd_after": chosen["mmd_after"] if chosen else before["mmd"],
+               "reducing": [c["name"] for c in selection["candidates"] if c["reduces"] and not c["disqualified"]],
+               "verdict": selection["verdict"], "seconds": round(time.perf_counter() - started, 1),
+               "candidates": [{k: c[k] for k in ("name", "auc_after", "auc_after_ci", "mmd_after", "reduces",
+                                                 "content_correlation", "disqualified", "rank")}
+                              for c in selection["candidates"]]}
+        results[name] = row
+        write_json(summary_file, {"settings": {"image_size": settings.image_size, "max_images": settings.max_images,
+                                               "permutations": settings.permutations}, "pairs": results})
+        table.add_row(name, row["chosen"] or "none (nothing written)", f"{row['auc_before']:.3f}",
+                      f"{row['auc_after']:.3f}", f"{row['mmd_before']:.4f}", f"{row['mmd_after']:.4f}",
+                      ", ".join(row["reducing"]) or "—", f"{row['seconds']}")
+        console.print(f"{name}: {row['verdict']} ({row['seconds']} s)", highlight=False)
+    console.print(table)
+    console.print(f"wrote {summary_file}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
@@ -74,12 +119,20 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--auto", action="store_true", help="run --method auto's choice on --pairs (all: every "
+                                                               "ordered pair of sites)")
     args = parser.parse_args()
     console = Console(width=200)
     manifests = write_site_manifests(args.shared / "data" / "ham10000_sites" / "metadata.csv",
                                      args.out / "manifests", args.per_site, args.seed)
     settings = MeasureSettings(image_size=args.image_size, permutations=args.permutations, seed=args.seed,
                                device=args.device, cache_dir=args.cache_dir)
+    if args.auto:
+        sites = sorted(manifests)
+        pairs = ([(a, b) for a in sites for b in sites if a != b] if args.pairs == "all"
+                 else [tuple(p.split(":")) for p in args.pairs.split(",")])
+        auto_pairs(manifests, pairs, settings, args.out, console)
+        return
     results: dict = {"settings": {**vars(args), "shared": str(args.shared), "out": str(args.out),
                                   "cache_dir": str(args.cache_dir)}, "pairs": {}}
     table = Table(title=f"HAM10000: shift to the reference before -> after harmonization ({args.per_site or 'all'} "

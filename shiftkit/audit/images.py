@@ -7,7 +7,9 @@ cached by content under ``cache_dir``), fit **one** PCA on the pooled embeddings
 pairwise and leave-one-site-out covariate tests (:mod:`shiftkit.audit.matrix`), the label shift per site and pair
 (:mod:`shiftkit.audit.priors`) and the acquisition metadata (:mod:`shiftkit.audit.site_metadata`). With
 ``harmonize``, every site's images are harmonized toward a reference (all sites pooled, or ``reference_site``) by
-``shiftkit.harmonize.apply.harmonize_table``, embedded again and the matrix recomputed.
+``shiftkit.harmonize.apply.harmonize_table``, embedded again and the matrix recomputed. With ``harmonize="auto"``
+(or a comma list of candidates) each site's harmonizer is chosen on held-out images instead
+(:mod:`shiftkit.audit.harmonize_auto`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class AuditRequest:
     harmonize: str | None = None
     reference_site: str | None = None
     harmonized_dir: Path | None = None  # where harmonized images are written (default: a temporary folder)
+    select_max_images: int = 100  # --harmonize auto / a,b,c: images per part of each side's held-out split
+    select_permutations: int = 200  # --harmonize auto / a,b,c: MMD permutations when choosing (<= permutations)
     metadata_images: int = 200
     fingerprint: bool = False  # per-block shift and image properties per site pair, from the same pass
     seed: int = 0
@@ -68,6 +72,8 @@ class HarmonizedAudit:
     matrix: ShiftMatrix
     coordinates: np.ndarray  # 2-D PCA of the harmonized embeddings, for the plot
     images_dir: str
+    selection: dict | None = None  # --harmonize auto: {site: choice} (shiftkit.audit.harmonize_auto.site_summary)
+    selection_settings: dict | None = None  # --harmonize auto: how the choice was made
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class ImageAudit:
             h = self.harmonized
             out["harmonized"] = {"method": h.method, "reference": h.reference, "images_dir": h.images_dir,
                                  **h.matrix.to_dict()}
+            if h.selection is not None:
+                out["harmonized"].update(selection=h.selection, selection_settings=h.selection_settings)
         return out
 
 
@@ -115,8 +123,15 @@ def check_request(request: AuditRequest) -> None:
     check_image_size(request.image_size)
     if request.harmonize is not None:
         from shiftkit.harmonize.base import methods  # the harmonizer registry: every --method harmonize takes
+        from shiftkit.harmonize.selection import is_selection
 
-        if request.harmonize not in methods():
+        if is_selection(request.harmonize):  # auto, or a list: chosen per site (shiftkit.audit.harmonize_auto)
+            from shiftkit.audit.harmonize_auto import check_spec
+
+            check_spec(request.harmonize)
+            if request.select_max_images < 4 or request.select_permutations < 1:
+                raise ConfigError("--harmonize auto needs select_max_images >= 4 and select_permutations >= 1")
+        elif request.harmonize not in methods():
             raise ConfigError(f"--harmonize '{request.harmonize}' (choose from {', '.join(methods())})")
     if request.reference_site is not None and request.harmonize is None:
         raise ConfigError("--reference-site only applies with --harmonize METHOD")
@@ -192,6 +207,10 @@ def _harmonize(request: AuditRequest, data: AuditTable, device, on_stage, on_ste
         raise ConfigError(f"--harmonize needs shiftkit.harmonize.apply, which is not available ({exc})") from None
     import tempfile
 
+    from shiftkit.harmonize.selection import is_selection
+
+    if is_selection(request.harmonize):
+        return _harmonize_per_site(request, data, device, on_stage, on_step)
     if request.reference_site is not None:
         reference = data.table.subset(np.flatnonzero(data.sites == request.reference_site).tolist())
         reference_name = request.reference_site
@@ -207,6 +226,29 @@ def _harmonize(request: AuditRequest, data: AuditTable, device, on_stage, on_ste
     reduced, classifier, coordinates, _ = _reduce(embeddings, request)
     matrix = _matrix(request, embeddings, reduced, classifier, data.sites, on_step)
     return HarmonizedAudit(request.harmonize, reference_name, matrix, coordinates, str(out_dir))
+
+
+def _harmonize_per_site(request: AuditRequest, data: AuditTable, device, on_stage, on_step) -> HarmonizedAudit:
+    """``--harmonize auto`` / ``a,b,c``: each site's harmonizer chosen on held-out images and applied
+    (:mod:`shiftkit.audit.harmonize_auto`), then the matrix recomputed as for one method."""
+    import tempfile
+
+    from shiftkit.audit.harmonize_auto import POOLED, harmonize_sites
+    from shiftkit.harmonize.measure import MeasureSettings
+
+    settings = MeasureSettings(arch=request.arch, weights=request.weights, image_size=request.image_size,
+                               max_images=request.select_max_images,
+                               permutations=min(request.permutations, request.select_permutations), pca=request.pca,
+                               seed=request.seed, device=request.device, batch_size=request.batch_size,
+                               cache_dir=request.cache_dir, read_options=request.read_options)
+    out_dir = request.harmonized_dir or Path(tempfile.mkdtemp(prefix="shiftkit-audit-harmonized-"))
+    table, selection, choice = harmonize_sites(data, request.harmonize, settings, out_dir, request.reference_site,
+                                               on_stage=on_stage)
+    embeddings = _embed(request, table, device, on_stage).embeddings.astype(np.float64)
+    reduced, classifier, coordinates, _ = _reduce(embeddings, request)
+    matrix = _matrix(request, embeddings, reduced, classifier, data.sites, on_step)
+    return HarmonizedAudit("auto", request.reference_site or POOLED, matrix, coordinates, str(out_dir),
+                           selection, choice)
 
 
 def run_audit(request: AuditRequest, on_stage: StageHook | None = None,

@@ -42,7 +42,8 @@ def diagnose(
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice of 3-D volumes (default: middle)."),
     on_bad_image: str = typer.Option("fail", help="fail: an unreadable image stops the run; skip: leave it out and list it in report.json (skipped_images)."),
     domain: Optional[str] = typer.Option(None, help="Imaging domain (X-ray, MRI, Histology, Dermoscopy, Endoscopy, ...): weighs the published evidence behind the strategy recommendation."),
-    fingerprint: bool = typer.Option(False, "--fingerprint/--no-fingerprint", help="(preview) Where the shift lands (per-block shift, distance from pre-training, gradient signal) and what changed in the images (brightness, contrast, sharpness, noise, colour, size), from the same pass."),
+    fingerprint: bool = typer.Option(False, "--fingerprint/--no-fingerprint", help="Where the shift lands (per-block shift, distance from pre-training, gradient signal) and what changed in the images (brightness, contrast, sharpness, noise, colour, size), from the same pass."),
+    try_harmonizers: bool = typer.Option(False, "--try-harmonizers", help="Under covariate shift: fit every applicable harmonizer on part of the source and say which lowers the shift on held-out images (what harmonize --method auto would write)."),
     thumbnails: bool = typer.Option(True, "--thumbnails/--no-thumbnails", help="Show the images the domain classifier finds most and least typical of their domain in report.html (pixels only; DICOM pixel data can hold burned-in text)."),
     anonymize_paths: bool = typer.Option(False, "--anonymize-paths", help="Name inputs in the report by a stable hash of their path (sha256, 12 hex digits) instead of the path."),
 ) -> None:
@@ -59,7 +60,7 @@ def diagnose(
         bootstrap=bootstrap, label_method=label_method, max_images=max_images, pca=pca, seed=seed, device=device,
         image_size=image_size, batch_size=batch_size, cache_dir=cache_dir,
         read_options=read_options, on_bad_image=on_bad_image, anonymize_paths=anonymize_paths,
-        fingerprint=fingerprint, thumbnails=thumbnails,
+        fingerprint=fingerprint, thumbnails=thumbnails, try_harmonizers=try_harmonizers,
     )
     from shiftkit.report.diagnose import print_summary, write_report
 

@@ -56,7 +56,7 @@ CONTENT_GRID = 32  # luminance block-averaged to at most this many pixels per ax
 DETAIL_SIGMA = 2.0  # the detail: the grid minus its Gaussian blur of this sigma (grid pixels)
 EXAMPLES = 4  # held-out images shown before/after per candidate (report.html)
 CONFIDENCE = 0.95
-RULE = ("reduces the shift: the 95% interval of the held-out domain-classifier AUC after lies wholly below the AUC "
+RULE = ("reduces the shift: the held-out domain-classifier AUC before has its 95% interval above 0.5, and the 95% interval of the held-out domain-classifier AUC after lies wholly below the AUC "
         "before, and MMD² after is below MMD² before; ranked by AUC after (floored at 0.5), then MMD² after; "
         f"disqualified when the median Spearman correlation of input and output luminance detail ({CONTENT_GRID} px "
         f"grid minus its blur) is below {MIN_CONTENT_CORRELATION}")
@@ -282,10 +282,14 @@ def auc_with_interval(result: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def reduces_shift(before: dict[str, dict], after: dict[str, dict]) -> bool:
-    """The decision rule: the after AUC's 95 % interval lies wholly below the before AUC, and MMD² fell."""
-    auc_before = float(before["domain_classifier"]["statistic"])
+    """The decision rule: there is a shift to reduce (the before AUC's 95 % interval lies above chance), the after
+    AUC's 95 % interval lies wholly below the before AUC, and MMD² fell. Without the first condition a domain with
+    no measurable shift could "reduce" it by a chance dip of the after AUC below 0.5: seen in an audit, where
+    z-scoring a site that matched its twin toward a pooled reference holding an outlier created a shift to the twin."""
+    auc_before, low_before, _ = auc_with_interval(before["domain_classifier"])
     _, _, high_after = auc_with_interval(after["domain_classifier"])
-    return high_after < auc_before and after["mmd"]["statistic"] < before["mmd"]["statistic"]
+    return (low_before > 0.5 and high_after < auc_before
+            and after["mmd"]["statistic"] < before["mmd"]["statistic"])
 
 
 @dataclass

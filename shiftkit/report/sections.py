@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-BUILTIN_MODULES = ("shiftkit.report.diagnose", "shiftkit.report.fingerprint", "shiftkit.report.estimate_section")
+BUILTIN_MODULES = ("shiftkit.report.diagnose", "shiftkit.report.fingerprint", "shiftkit.report.estimate_section",
+                   "shiftkit.report.harmonizer_trial")
 
 
 @dataclass

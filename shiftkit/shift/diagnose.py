@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class DiagnoseRequest:
     anonymize_paths: bool = False  # input paths in the report become stable hashes (shiftkit.privacy)
     fingerprint: bool = False  # per-block shift, distance from pre-training, image properties (same pass)
     thumbnails: bool = True  # the report shows the most and least domain-typical images
+    try_harmonizers: bool = False  # under covariate shift: which harmonizer reduces it (held-out, cheap subset)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Embedded:
     skipped: dict[str, list[SkippedImage]] = field(default_factory=dict)  # per domain, under --on-bad-image skip
     model_facts: dict = field(default_factory=dict)  # with the fingerprint: pretraining distance, gradient signal
     read_options: ReadOptions = field(default_factory=ReadOptions)  # how the images were read (thumbnails)
+    harmonizer_trial: Any = None  # with --try-harmonizers: the MeasureSettings the trial embeds with
 
 
 def _with_target_labels(target: ImageTable, labels_path: Path | None) -> ImageTable:
@@ -159,7 +161,24 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
         skipped[name] = list(rep.skipped)
     facts = model_facts(request, adapted, reps, tables[0], device, on_stage) if request.fingerprint else {}
     return Embedded(reps[0], reps[1], tables[0], tables[1], adapted.arch, adapted.weights, skipped, facts,
-                    request.read_options)
+                    request.read_options, harmonizer_trial(request, adapted) if request.try_harmonizers else None)
+
+
+TRIAL_IMAGES = 100  # per part (fit / held out) of each domain when diagnose tries harmonizers
+TRIAL_PERMUTATIONS = 200
+
+
+def harmonizer_trial(request: DiagnoseRequest, adapted):
+    """How ``--try-harmonizers`` measures (:func:`shiftkit.harmonize.selection.select_harmonizer`): diagnose's
+    backbone on a cheap subset. With ``--checkpoint`` the same architecture with ImageNet weights embeds (a
+    harmonizer is judged on the images, not on one fine-tuned model)."""
+    from shiftkit.harmonize.measure import MeasureSettings
+
+    weights = "imagenet" if request.checkpoint is not None else request.weights
+    return MeasureSettings(arch=adapted.arch, weights=weights, image_size=request.image_size,
+                           max_images=TRIAL_IMAGES, permutations=min(request.permutations, TRIAL_PERMUTATIONS),
+                           seed=request.seed, device=request.device, batch_size=request.batch_size,
+                           cache_dir=request.cache_dir, read_options=request.read_options)
 
 
 GRADIENT_BATCHES = 5  # the gradient signal's labelled source batches (the only images read a second time)
@@ -295,6 +314,7 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
         "label_method": request.label_method, "alpha": request.alpha, "seed": request.seed,
         "max_images": request.max_images, "measure_seconds": round(time.perf_counter() - started, 2),
         "not_measured": not_measured, "fingerprint": request.fingerprint, "thumbnails": request.thumbnails,
+        "try_harmonizers": request.try_harmonizers,
         "shiftkit": __version__,
     }
     return ShiftProfile.build(
