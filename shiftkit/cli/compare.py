@@ -11,9 +11,9 @@ from rich.table import Table
 
 from shiftkit.cli.common import (MAX_LEARNING_RATE, check_number, console, err_console, output_folder, parse_window,
                                  user_errors)
-from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, MonitorOption,
-                                  PatienceOption, SliceOption, ValOption, WindowOption, hyperparameter_options,
-                                  training_settings)
+from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, InitOption,
+                                  MonitorOption, PatienceOption, SliceOption, ValOption, WindowOption,
+                                  hyperparameter_options, training_settings)
 from shiftkit.cli.progress import make_progress
 from shiftkit.compare.grid import (
     CompareSettings,
@@ -37,6 +37,7 @@ from shiftkit.compare.versus_grid import grid_comparison
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError
 from shiftkit.finetune.config import TrainConfig
+from shiftkit.finetune.start import check_arch, check_weights, read_init
 from shiftkit.finetune.strategies import STRATEGY_CLASSES
 from shiftkit.io import LOCK_NAME
 from shiftkit.overwrite import refuse_overwriting_inputs
@@ -195,12 +196,13 @@ def compare(
     data: Path = typer.Argument(..., help="Training data: class folders or a CSV manifest."),
     out: Path = typer.Option(..., "--out", help="Output folder: runs.jsonl, runs/, compare.md/.json/.html, plots/."),
     strategies: str = typer.Option("all", help=f"all, or a comma-separated list of {', '.join(STRATEGY_CLASSES)}."),
-    archs: str = typer.Option("resnet50", help="Comma-separated architectures (resnet50, densenet121, vgg19, resnet18, efficientnet_lite0)."),
+    archs: Optional[str] = typer.Option(None, help="Comma-separated architectures (resnet50, densenet121, vgg19, resnet18, efficientnet_lite0). Default resnet50; with --init, the checkpoint's."),
     lrs: str = typer.Option("1e-3,1e-4,1e-5", help="Comma-separated learning rates; the best per strategy is chosen on validation."),
     seeds: int = typer.Option(3, help="Seeds per cell: 0 .. SEEDS-1."),
     val: ValOption = None,
     test: Optional[Path] = typer.Option(None, help="Test data (reported in the table); without it, the table reports validation."),
-    weights: str = typer.Option("imagenet", help="imagenet, a path to a state dict, or none."),
+    weights: Optional[str] = typer.Option(None, help="imagenet (default), a path to a state dict, or none."),
+    init: InitOption = None,
     epochs: int = typer.Option(TrainConfig.epochs, help="Maximum epochs per run (the paper: 50)."),
     patience: PatienceOption = TrainConfig.patience,
     batch_size: BatchSizeOption = TrainConfig.batch_size,
@@ -225,21 +227,27 @@ def compare(
         check_number(hyperparameters[name], option, minimum=0)
     train_settings, strategy_config = training_settings(hyperparameters)
     read_options = ReadOptions(window=parse_window(window), slice_index=slice_index)
-    strategy_list, arch_list, lr_list = parse_strategies(strategies), parse_archs(archs), parse_lrs(lrs)
+    check_weights(init, weights)
+    start = read_init(init) if init is not None else None
+    if start is not None and archs is None:
+        archs = start.arch
+    strategy_list, arch_list, lr_list = parse_strategies(strategies), parse_archs(archs or "resnet50"), parse_lrs(lrs)
+    for arch in arch_list if start is not None else ():
+        check_arch(start, arch)
     for lr in lr_list:
         check_number(lr, "--lrs", above=0, maximum=MAX_LEARNING_RATE)
     shard_spec = parse_shard(shard)
     refuse_overwriting_inputs(out, [out / name for name in ("runs.jsonl", "compare.md", "compare.json", "compare.html",
                                                            "search.json")],
-                              {"data": data, "validation data": val, "test data": test},
+                              {"data": data, "validation data": val, "test data": test, "init checkpoint": init},
                               scanned=("data", "validation data", "test data"))
     # shards of one grid run at once into one folder (each appends to its own runs file): one lock per shard
     out = output_folder(out, lock_name=f".shiftkit-shard-{shard_spec[0]}-of-{shard_spec[1]}.lock" if shard_spec
                         else LOCK_NAME)
     metric_list = parse_metrics(metrics)
     settings = CompareSettings(
-        data=data, val=val, test=test, weights=weights, image_size=image_size, read_options=read_options,
-        cache_dir=cache_dir, strategy=strategy_config,
+        data=data, val=val, test=test, weights=weights or "imagenet", image_size=image_size, read_options=read_options,
+        cache_dir=cache_dir, strategy=strategy_config, init=init,
         train=TrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, monitor=monitor, device=device,
                           **train_settings),
     )

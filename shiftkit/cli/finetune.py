@@ -10,9 +10,9 @@ from rich.table import Table
 
 from shiftkit.cli.common import (console, err_console, output_folder, parse_window, previous_run, user_errors,
                                  warn_skipped)
-from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, MonitorOption,
-                                  PatienceOption, SliceOption, ValOption, WindowOption, hyperparameter_options,
-                                  training_settings)
+from shiftkit.cli.options import (BatchSizeOption, CacheDirOption, DeviceOption, ImageSizeOption, InitOption,
+                                  MonitorOption, PatienceOption, SliceOption, ValOption, WindowOption,
+                                  hyperparameter_options, training_settings)
 from shiftkit.cli.progress import EpochProgress, make_progress
 from shiftkit.data.readers import ReadOptions
 from shiftkit.data.synthetic import write_dataset
@@ -21,6 +21,7 @@ from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
 from shiftkit.finetune.run import FinetuneRequest, run_finetune
 from shiftkit.finetune.config import TrainConfig
+from shiftkit.finetune.start import check_weights, read_init
 from shiftkit.finetune.strategies import STRATEGY_CLASSES, check_strategy_name
 
 DEFAULTS = {"arch": "resnet50", "epochs": TrainConfig.epochs, "image_size": None, "lr": TrainConfig.lr,
@@ -53,6 +54,7 @@ def finetune(
     strategy: str = typer.Option("ft", help=f"One of: {', '.join(STRATEGY_CLASSES)}."),
     arch: Optional[str] = typer.Option(None, help="resnet50 (default), densenet121, vgg19, resnet18, efficientnet_lite0."),
     weights: Optional[str] = typer.Option(None, help="imagenet (default), a path to a state dict, or none."),
+    init: InitOption = None,
     val: ValOption = None,
     test: Optional[Path] = typer.Option(None, help="Test data, evaluated once with the best checkpoint."),
     lr: Optional[float] = typer.Option(None, help="Base learning rate (Adam). Default 1e-4."),
@@ -86,6 +88,9 @@ def finetune(
     if ctx.is_main:
         previous_run(out, resume, overwrite)
     check_strategy_name(strategy)  # before --demo writes any data
+    check_weights(init, weights)
+    if init is not None and arch is None:  # the checkpoint's architecture (a given --arch is checked against it)
+        arch = read_init(init).arch
     train_settings, strategy_config = training_settings(hyperparameters)
     defaults = DEMO_DEFAULTS if demo else DEFAULTS
     if demo:
@@ -103,6 +108,7 @@ def finetune(
         out=out,
         arch=_given(arch, defaults["arch"]),
         weights=_given(weights, defaults["weights"]),
+        init=init,
         val=val,
         test=test,
         image_size=_given(image_size, defaults["image_size"]),
@@ -129,5 +135,8 @@ def finetune(
         result = run_finetune(request, callback=reporter, on_stage=reporter)
     distributed.shutdown(ctx)
     warn_skipped(result["skipped_images"], "metrics.json")
+    note = (result["config"].get("init") or {}).get("note")
+    if note:
+        err_console.print(f"note: --init: {note}", markup=False)
     console.print(_results_table(result))
     console.print(f"wrote {out / 'metrics.json'}", markup=False)

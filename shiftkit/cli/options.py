@@ -35,6 +35,10 @@ WindowOption = Annotated[Optional[str], typer.Option(
 SliceOption = Annotated[Optional[int], typer.Option(
     "--slice", help="Axial slice of 3-D volumes (default: the middle one).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+InitOption = Annotated[Optional[Path], typer.Option(
+    help="Start from a finetune output folder (or its checkpoints/best.pt) instead of ImageNet weights: its "
+         "architecture (--arch may be left out) and image size, its head when the classes match, and l1_sp/l2_sp "
+         "anchored to its weights. Not with --weights.")]
 
 # -- training (TrainConfig) ----------------------------------------------------------------------------------------
 BatchSizeOption = Annotated[int, typer.Option(help="Batch size (the paper: 64).")]

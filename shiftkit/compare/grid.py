@@ -26,6 +26,7 @@ from shiftkit.device import resolve_device
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.finetune.config import SPEED_ONLY, TrainConfig
 from shiftkit.finetune.metrics import METRICS
+from shiftkit.finetune.start import checkpoint_file
 from shiftkit.finetune.strategies import STRATEGY_CLASSES, StrategyConfig, check_strategy_name
 from shiftkit.io import write_json
 from shiftkit.models.registry import ARCHITECTURES
@@ -57,6 +58,7 @@ class CompareSettings:
     cache_dir: Path | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    init: Path | None = None  # every run starts from this finetune output (finetune --init; then weights unused)
 
     @property
     def epochs(self) -> int:
@@ -75,6 +77,8 @@ class CompareSettings:
                 "weights": _data_identity(Path(self.weights)) if Path(self.weights).is_file() else self.weights,
                 "image_size": self.image_size,
                 "read_options": self.read_options.key(),
+                # only with --init, so that the identities of grids recorded before are unchanged
+                **({"init": _data_identity(checkpoint_file(self.init))} if self.init is not None else {}),
             },
             train,
             asdict(self.strategy),
@@ -101,7 +105,7 @@ class CompareSettings:
             raise ConfigError(f"unknown --monitor '{cfg.monitor}' (choose auto, {', '.join(METRICS)})")
         self.strategy.validate()
         resolve_device(cfg.device)
-        for path in (self.data, self.val, self.test):
+        for path in (self.data, self.val, self.test, self.init):
             if path is not None and not path.exists():
                 raise ConfigError(f"{path}: not found")
 
@@ -328,6 +332,7 @@ def finetune_run(spec: RunSpec, settings: CompareSettings, folder: Path, callbac
         data=settings.data, val=settings.val, test=settings.test, out=folder, arch=spec.arch,
         weights=settings.weights, image_size=settings.image_size, cache_dir=settings.cache_dir,
         resume=True, read_options=settings.read_options, train=settings.run_config(spec), strategy=settings.strategy,
+        init=settings.init,
     )
     return run_finetune(request, callback=callback, on_stage=on_stage)
 

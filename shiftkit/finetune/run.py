@@ -23,6 +23,8 @@ from shiftkit.data.validate import check_policy, decode_all, require_images_left
 from shiftkit.errors import ConfigError, DataError
 from shiftkit.finetune import distributed
 from shiftkit.finetune.metrics import METRICS
+from shiftkit.finetune.start import MUTUALLY_EXCLUSIVE, InitCheckpoint, check_arch, identity as init_identity, \
+    load_start, read_init
 from shiftkit.finetune.strategies import StrategyConfig, check_strategy_name, make_strategy
 from shiftkit.device import resolve_device
 from shiftkit.finetune.trainer import Trainer, TrainConfig, config_dict, resolve_precision
@@ -43,6 +45,7 @@ class FinetuneRequest:
     arch: str = "resnet50"
     weights: str = "imagenet"
     val: Path | None = None
+    init: Path | None = None  # a finetune output (or its best.pt) to start from instead of ``weights`` (start.py)
     test: Path | None = None
     image_size: int | None = None
     cache_dir: Path | None = None
@@ -110,6 +113,18 @@ def _check_options(request: FinetuneRequest) -> None:
     resolve_precision(cfg.precision, resolve_device(cfg.device))  # fail before decoding any image
 
 
+def _read_init(request: FinetuneRequest) -> InitCheckpoint | None:
+    """The checkpoint of ``request.init`` (None without one), checked against the request before any image is
+    read: ``weights`` must be left at its default and ``arch`` must be the checkpoint's."""
+    if request.init is None:
+        return None
+    if request.weights != "imagenet":
+        raise ConfigError(MUTUALLY_EXCLUSIVE)
+    init = read_init(request.init)
+    check_arch(init, request.arch)
+    return init
+
+
 def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = None,
                  on_stage: StageHook | None = None) -> dict:
     """Train, keep the best epoch by validation, evaluate, write ``out/metrics.json``; return its content.
@@ -119,17 +134,28 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
     and the dict returned has ``halted: True``, the history so far and ``epochs_run``."""
     cfg = request.train
     _check_options(request)
-    refuse_overwriting_inputs(request.out, [request.out / "metrics.json"], {  # checkpoints/ in DATA: a new class
-        "data": request.data, "validation data": request.val, "test data": request.test},
+    init = _read_init(request)
+    writes = [request.out / "metrics.json"]
+    if init is not None:  # a run started from OUT's own best.pt would replace it
+        writes += [request.out / "checkpoints" / name for name in ("best.pt", "last.pt")]
+    refuse_overwriting_inputs(request.out, writes, {  # checkpoints/ in DATA: a new class
+        "data": request.data, "validation data": request.val, "test data": request.test,
+        "init checkpoint": init.checkpoint if init is not None else None},
         scanned=("data", "validation data", "test data"))
+    image_size = request.image_size if request.image_size is not None or init is None else init.image_size
     ctx = distributed.context()
     if not ctx.is_main:
         callback, on_stage = None, None
     train_table, val_table, test_table = _split(request)
     num_outputs = len(train_table.classes)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    adapted = build_model(request.arch, num_outputs, request.weights, request.image_size)
+    adapted = build_model(request.arch, num_outputs, "none" if init is not None else request.weights, image_size)
+    started_from = None
+    if init is not None:  # before the strategy is built: l1_sp / l2_sp anchor to these weights
+        started_from = load_start(adapted, init, train_table.classes, train_table.task, request.anonymize_paths)
     strategy = make_strategy(cfg.strategy, adapted, request.strategy, cfg)  # lr and epochs: the run's
+    if started_from is not None and started_from["head"] == "kept":
+        strategy.anchor_head()
     cache = ImageCache(adapted.preprocessing, request.read_options, disk_dir=request.cache_dir)
     tables = {"train": train_table, "val": val_table, "test": test_table}
     skipped = []
@@ -152,6 +178,7 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
             "data": [shown_path(p, request.anonymize_paths) for p in (request.data, request.val)],
             "read_options": request.read_options.key(),
             "data_fingerprint": table_fingerprint(tables["train"], tables["val"]),  # labels and file contents
+            **({"init": init_identity(started_from)} if started_from is not None else {}),
         },
         dist=ctx,
     )
@@ -188,7 +215,8 @@ def run_finetune(request: FinetuneRequest, callback: TrainerCallback | None = No
             "protocol": cfg.protocol,
             "train": config_dict(cfg),
             "strategy": strategy.config_dict(),
-            "weights": request.weights,
+            "weights": adapted.weights if started_from is not None else request.weights,
+            **({"init": started_from} if started_from is not None else {}),
             "image_size": adapted.preprocessing.crop,
             "resize": adapted.preprocessing.resize,
             "data": shown_path(request.data, request.anonymize_paths),

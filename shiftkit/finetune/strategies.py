@@ -132,6 +132,10 @@ class Strategy:
     def to(self, device: torch.device) -> None:
         """Move any tensors the strategy keeps (e.g. the starting point of L1/L2-SP) to ``device``."""
 
+    def anchor_head(self) -> None:
+        """The head is not new: it came with the starting point (``finetune --init`` kept a trained head).
+        Strategies that hold weights near their start (L1/L2-SP) then hold the head there too."""
+
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {}
 """Every registered strategy by name, in registration order (the paper's eight first; plugins after)."""
@@ -323,11 +327,20 @@ class _StartingPointRegularizer(Strategy):
         """The decoupled update of ``diff`` (w - w0, or w for the head) for a pull of strength ``step``."""
         raise NotImplementedError
 
+    def anchor_head(self) -> None:
+        """A kept head (``finetune --init``) is held near its starting value with alpha, as the backbone, instead
+        of near 0 with beta: its start is a trained head, not a random one."""
+        self.backbone_names += self.head_names
+        self.backbone += self.head
+        self.start += [p.detach().clone() for p in self.head]
+        self.head = []
+
     def penalty(self) -> torch.Tensor | None:
         if self.config.sp_update != "penalty":
             return None
         diffs = [p - p0 for p, p0 in zip(self.backbone, self.start)]
-        return self.alpha * self.distance(diffs) + self.beta * self.distance(self.head)
+        head = self.beta * self.distance(self.head) if self.head else 0.0
+        return self.alpha * self.distance(diffs) + head
 
     @torch.no_grad()
     def after_step(self) -> None:
