@@ -17,8 +17,8 @@ from shiftkit.errors import ConfigError, DataError
 from shiftkit.estimate.run import DEFAULT_METHODS
 
 # The method the headline and the demo use: the lowest mean absolute error for accuracy on the real-data
-# validation so far (benchmarks/estimate_real.py, nine HAM10000 site pairs: ac 0.065, doc 0.077, NannyML CBPE
-# 0.078, the source accuracy 0.084, cm_atc 0.091, atc 0.098, iw 0.129; table in benchmarks/README.md).
+# validation so far (benchmarks/estimate_real.py, ten HAM10000 site pairs: ac 0.067, NannyML CBPE 0.080, doc
+# 0.082, cm_atc 0.087, the source accuracy 0.091, atc 0.096, iw 0.130; the table is in the README).
 DEFAULT_METHOD = "ac"
 PRIOR_CHOICES = ("em_bcts", "bbse", "none")
 
