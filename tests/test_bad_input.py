@@ -880,6 +880,10 @@ def test_markup_and_mathtext_in_user_strings_are_shown_literally_by_every_comman
                    "finetune": {"strategy": "ft", "epochs_run": 1, "val_hospital_a": metrics,
                                 "test_hospital_b": metrics},
                    "adabn": {"test_hospital_b_before": metrics, "test_hospital_b_after": metrics},
+                   "estimate": {"method": "ac", "flags": ["[/]"],
+                                "accuracy": {"estimate": 0.5, "interval": [0.4, 0.6], "measured": 0.5},
+                                "balanced_accuracy": {"method": "$\\frac{a$", "estimate": 0.5,
+                                                      "interval": [0.4, 0.6], "measured": 0.5}},
                    "seconds": 1.0, "outputs": {"diagnose": str(out / "diagnose" / "report.html")}}
         monkeypatch.setattr(pipeline, "run_demo", lambda request, hooks: summary)
         argv = ["demo", "--out", out, "--epochs", "1", "--device", "cpu"]
