@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shiftkit.audit.features_table import FeaturesAudit
 from shiftkit.audit.images import ImageAudit
 from shiftkit.audit.matrix import ShiftMatrix
 from shiftkit.io import json_text, write_files
@@ -104,23 +103,6 @@ def priors_png(labels: dict) -> bytes:
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("class prior")
     ax.set_title("Actual priors per site (bars); estimated from the other sites' classifier (black ticks)", fontsize=9)
-    ax.legend(fontsize=8)
-    return figure_png(fig)
-
-
-def effect_sizes_png(audit: FeaturesAudit, top: int = 40) -> bytes:
-    """epsilon² per feature before and after ComBat, the most site-affected features first."""
-    before = audit.before.features
-    order = np.argsort([-f["epsilon2"] for f in before], kind="stable")[:top]
-    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(order) + 2), 4))
-    x = np.arange(len(order))
-    ax.bar(x - 0.2, [before[i]["epsilon2"] for i in order], 0.4, label="before", color="#cf222e")
-    if audit.after is not None:
-        ax.bar(x + 0.2, [audit.after.features[i]["epsilon2"] for i in order], 0.4, label="after ComBat",
-               color="#1f77b4")
-    ax.axhline(audit.before.dominance, color="grey", ls="--", lw=1, label=f"dominance ({audit.before.dominance})")
-    ax.set_xticks(x, [before[i]["feature"] for i in order], rotation=90, fontsize=6)
-    ax.set_ylabel("epsilon² (site effect)")
     ax.legend(fontsize=8)
     return figure_png(fig)
 
@@ -290,6 +272,18 @@ def image_html(audit: ImageAudit, figures: dict[str, bytes]) -> str:
         page.paragraph(f"Shifted pairs: {len(before)} before, {len(after)} after. " + outlier_sentence(h.matrix))
         page.table(pair_header(h.matrix), _pair_rows(h.matrix))
         page.image(figures["scatter_harmonized"], "embeddings after harmonization")
+        if h.selection is not None:  # --harmonize auto: the harmonizer chosen per site
+            from shiftkit.audit.harmonize_auto import selection_rows
+
+            page.table(["site", "chosen harmonizer", "held-out AUC before → after", "verdict"],
+                       selection_rows(h.selection))
+            page.paragraph("Each site's harmonizer was chosen on held-out images against "
+                           f"{h.selection_settings['reference']} ({h.selection_settings['spec']}; "
+                           f"{h.selection_settings['rule']}). The chosen one was fitted on the whole reference and "
+                           "applied to every image of the site, when the site's held-out shift was measurable (its "
+                           "AUC interval above chance); a site with none applied kept its original images. "
+                           "The held-out AUC is the domain classifier's, site against reference, on images no "
+                           "harmonizer was fitted on; the matrix above is measured on every image.", "note")
     page.heading("Settings")
     settings = {**m.settings, **audit.settings}
     page.table(["setting", "value"], [[k, str(v)] for k, v in settings.items()])
@@ -377,6 +371,11 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
                         str(r["shifted_pairs"]))
     console.print(ranking)
     console.print(outlier_sentence(m), markup=False)  # site names are user text: never rich markup
+    if audit.harmonized is not None and audit.harmonized.selection is not None:  # --harmonize auto: per site
+        from shiftkit.audit.harmonize_auto import selection_line
+
+        for site, summary in audit.harmonized.selection.items():
+            console.print(selection_line(site, summary), markup=False)
     if audit.fingerprint is not None:
         for pair in audit.fingerprint["pairs"]:
             console.print(f"{pair['a']} vs {pair['b']}: shift {pair['summary']}", markup=False)
@@ -390,66 +389,12 @@ def print_image_summary(audit: ImageAudit, console: Console) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ feature audit
-
-
-def features_html(audit: FeaturesAudit, figure: bytes) -> str:
-    page = Page(f"Site effects in {audit.table.path}")
-    before, after = audit.before, audit.after
-    page.heading("Summary")
-    names, counts = np.unique(audit.table.sites, return_counts=True)
-    page.paragraph(f"{len(audit.table.sites)} rows from {len(names)} sites ("
-                   + ", ".join(f"{s}: {c}" for s, c in zip(names, counts)) + f"), {len(audit.table.names)} features; "
-                   f"{len(audit.table.ignored)} diagnostics/text columns ignored.")
-    correction = audit.settings["correction"]
-    rows = [[f"site-affected features ({correction}-adjusted p < {audit.settings['alpha']})", len(before.affected), len(after.affected) if after else None],
-            [f"site-dominated (also epsilon² ≥ {before.dominance})", len(before.dominated),
-             len(after.dominated) if after else None],
-            ["site classifier balanced accuracy", before.classifier.get("balanced_accuracy"),
-             after.classifier.get("balanced_accuracy") if after else None],
-            ["chance", before.classifier.get("chance"), after.classifier.get("chance") if after else None]]
-    page.table(["", "before", "after ComBat"], rows)
-    if after is None:
-        page.paragraph("ComBat: not requested (--no-combat).", "note")
-    else:
-        page.paragraph(f"ComBat preserved the covariates: {', '.join(audit.combat['preserved_covariates']) or 'none'}.",
-                       "note")
-    page.image(figure, "effect sizes")
-    page.heading("Per feature")
-    header = (["feature", "H", "p", f"{correction}-adjusted p", "epsilon²", "dominated"]
-              + (["adjusted p after", "epsilon² after"] if after else []))
-    order = np.argsort([f["p_value"] for f in before.features], kind="stable")
-    table_rows = []
-    for i in order:
-        f = before.features[i]
-        row = [f["feature"], f["H"], f["p_value"], f["p_adjusted"], f["epsilon2"], "yes" if f["dominated"] else ""]
-        if after:
-            row += [after.features[i]["p_adjusted"], after.features[i]["epsilon2"]]
-        table_rows.append(row)
-    page.table(header, table_rows)
-    page.heading("Settings")
-    page.table(["setting", "value"], [[k, str(v)] for k, v in audit.settings.items()])
-    return page.render()
-
-
-def write_features_report(audit: FeaturesAudit, out: Path) -> None:
-    data = json_text(audit.to_dict())
-    html = features_html(audit, effect_sizes_png(audit))
-    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),  # one set: never a JSON without its page
-                 out / "audit.html": lambda tmp: tmp.write_text(html)})
-
-
-def print_features_summary(audit: FeaturesAudit, console: Console) -> None:
-    before, after = audit.before, audit.after
-    table = Table(title=f"Site effects in {len(audit.table.names)} features ({len(np.unique(audit.table.sites))} sites)")
-    table.add_column("")
-    table.add_column("before", justify="right")
-    table.add_column("after ComBat", justify="right")
-    fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-    table.add_row("site-affected (BH)", str(len(before.affected)), fmt(len(after.affected)) if after else "—")
-    table.add_row("site-dominated", str(len(before.dominated)), fmt(len(after.dominated)) if after else "—")
-    table.add_row("site classifier balanced acc.", fmt(before.classifier.get("balanced_accuracy")),
-                  fmt(after.classifier.get("balanced_accuracy")) if after else "—")
-    table.add_row("chance", fmt(before.classifier.get("chance")), fmt(before.classifier.get("chance")))
-    console.print(table)
-    if after is None:
-        console.print("ComBat: not requested (--no-combat)")
+# The features-table report lives in shiftkit.audit.features_report (its own plots and sections); the names stay
+# importable from here.
+from shiftkit.audit.features_report import (  # noqa: E402, F401
+    effect_sizes_png,
+    features_html,
+    print_features_summary,
+    write_features_report,
+)
+FEATURES_REPORT = (effect_sizes_png, features_html, print_features_summary, write_features_report)  # re-exported

@@ -38,6 +38,20 @@ def audit(
     id_column: Optional[str] = typer.Option(None, help="Features table: an id column to ignore (numeric ids would otherwise count as features)."),
     combat: bool = typer.Option(True, "--combat/--no-combat", help="Features table: rerun the analysis after ComBat."),
     dominance: float = typer.Option(0.26, help="Features table: epsilon² at which a site-affected feature is site-dominated."),
+    covbat: bool = typer.Option(True, "--covbat/--no-covbat", help="Features table: also CovBat (ComBat + ComBat on the residuals' principal components)."),
+    covbat_variance: float = typer.Option(0.95, help="Features table: CovBat harmonizes the components explaining this share of the residual variance."),
+    patient_column: Optional[str] = typer.Option(None, help="Features table: column naming each row's patient; repeated rows = test-retest scans (ICC, CCC). Default: a column named 'patient'."),
+    effect_of: Optional[str] = typer.Option(None, help="Features table: track this column's effect per feature before/after (default: the label)."),
+    positive_label: Optional[str] = typer.Option(None, help="Features table: the downstream task's positive class (e.g. mel)."),
+    negative_label: Optional[str] = typer.Option(None, help="Features table: the negative class(es), comma-separated (default: every other class)."),
+    downstream: bool = typer.Option(True, "--downstream/--no-downstream", help="Features table: leave-one-site-out AUC of a logistic regression with no harmonization, ComBat and CovBat fitted in the training folds."),
+    unseen_site: str = typer.Option("standardize", help="Features table: the held-out site in leave-one-site-out: 'standardize' (its own location/scale, no labels) or 'refuse'."),
+    downstream_c: float = typer.Option(1.0, help="Features table: inverse L2 strength of the downstream logistic regression."),
+    folds: int = typer.Option(5, help="Features table: cross-validation folds of the site classifier."),
+    resamples: int = typer.Option(200, help="Features table: bootstrap resamples for the intervals."),
+    preserve_label: bool = typer.Option(True, "--preserve-label/--no-preserve-label", help="Features table: let ComBat preserve the label's effect (describing the table; the downstream model never does)."),
+    drop_small_sites: bool = typer.Option(False, "--drop-small-sites", help="Features table: leave out sites with fewer than 3 rows (named in the report) instead of refusing."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Features table: site classifier, test-retest, biology and downstream checks (off: per-feature tests only)."),
     arch: str = typer.Option("efficientnet_lite0", help="Backbone that embeds the images (ImageNet weights)."),
     weights: str = typer.Option("imagenet", help="imagenet, a state-dict path, or none."),
     image_size: Optional[int] = typer.Option(None, help="Crop size for embedding (default 224; 128 for HAM10000's native size)."),
@@ -55,7 +69,7 @@ def audit(
     significance: Optional[float] = typer.Option(None, "--significance", help="Significance level after correction (default 0.05)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", hidden=True, help="Deprecated name of --significance."),
     leave_one_out: bool = typer.Option(True, "--leave-one-out/--no-leave-one-out", help="Also test each site against all others pooled."),
-    harmonize: Optional[str] = typer.Option(None, help=f"Harmonize every site ({', '.join(methods())}) and recompute the matrix."),
+    harmonize: Optional[str] = typer.Option(None, help=f"Harmonize every site ({', '.join(methods())}) and recompute the matrix; 'auto' (or a list such as histmatch,zscore) chooses each site's harmonizer on held-out images (as harmonize --method auto) against --reference-site, else all other sites pooled, and leaves a site unchanged when none reduces its shift."),
     reference_site: Optional[str] = typer.Option(None, help="With --harmonize: harmonize toward this site instead of all sites pooled."),
     fingerprint: bool = typer.Option(False, "--fingerprint", help="Images: per site pair, the block of the network where the shift peaks and the image properties that differ (same forward pass)."),
     seed: int = typer.Option(0, help="Seed for subsampling, permutations, cross-validation and bootstrap."),
@@ -76,11 +90,26 @@ def audit(
         from shiftkit.audit.features_table import FeaturesAuditRequest, run_features_audit
         from shiftkit.audit.report import print_features_summary, write_features_report
 
+        import warnings
+
+        from shiftkit.harmonize.combat import LeakageWarning
+
+        check_number(covbat_variance, "--covbat-variance", above=0, maximum=1)
+        check_number(downstream_c, "--downstream-c", above=0)
+        check_number(folds, "--folds", minimum=2)
+        check_number(resamples, "--resamples", minimum=0)
         request = FeaturesAuditRequest(
             table=table, site_column=site_column, label_column=label_column,
             covariates=tuple(c.strip() for c in (covariates or "").split(",") if c.strip()), id_column=id_column,
-            alpha=alpha, dominance=dominance, correction=correction, combat=combat, seed=seed)
-        result = run_features_audit(request)
+            alpha=alpha, dominance=dominance, correction=correction, combat=combat, seed=seed, covbat=covbat,
+            covbat_variance=covbat_variance, patient_column=patient_column, effect_of=effect_of,
+            positive_label=positive_label,
+            negative_labels=tuple(c.strip() for c in (negative_label or "").split(",") if c.strip()),
+            downstream=downstream, unseen_site=unseen_site, downstream_c=downstream_c, folds=folds,
+            resamples=resamples, preserve_label=preserve_label, drop_small_sites=drop_small_sites, checks=checks)
+        with warnings.catch_warnings(), make_progress(err_console) as progress:
+            warnings.simplefilter("ignore", LeakageWarning)  # in the report and the summary, one line each
+            result = run_features_audit(request, on_stage=StageProgress(progress).stage)
         write_features_report(result, out)
         print_features_summary(result, console)
         console.print(f"wrote {out / 'audit.json'} and {out / 'audit.html'}", markup=False)
