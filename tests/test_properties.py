@@ -345,7 +345,14 @@ def test_audit_summary_html_and_plots_show_site_and_class_names_literally(sites,
     labels = {"classes": classes, "sites": {s: {"prior": {c: 0.5 for c in classes},
                                                 "estimated": {"prior": {c: 0.5 for c in classes}}} for s in sites},
               "pairs": [{"a": sites[0], "b": sites[1], "tv_actual": 0.2}]}
-    audit = types.SimpleNamespace(matrix=matrix, harmonized=None, labels=labels,
+    profile = [{"block": "stem", "mmd": 0.2, "p_adjusted": 0.01, "shifted": True},
+               {"block": "head", "mmd": 0.1, "p_adjusted": 0.2, "shifted": False}]
+    fingerprint = {"blocks": ["stem", "head"], "correction": "bh", "permutations": 20,
+                   "pairs": [{"a": sites[0], "b": sites[1], "peak": {"block": "stem", "index": 0, "of": 2,
+                                                                     "shifted": True},
+                              "profile": profile, "properties": [],
+                              "summary": f"peaks at block 1 of 2 (stem) in {sites[0]}"}]}
+    audit = types.SimpleNamespace(matrix=matrix, harmonized=None, labels=labels, fingerprint=fingerprint,
                                   settings={"seconds": {"embed": 1.0, "matrix": 1.0, "total": 2.0}})
     console, buffer = _console()
     print_image_summary(audit, console)
@@ -354,6 +361,9 @@ def test_audit_summary_html_and_plots_show_site_and_class_names_literally(sites,
     assert heatmap_png([("MMD", matrix.grid("mmd", "statistic"), None)], sites)[:4] == b"\x89PNG"
     assert site_scatter_png([("PCA", rng.normal(size=(len(per_site), 2)))], per_site)[:4] == b"\x89PNG"
     assert priors_png(labels)[:4] == b"\x89PNG"
+    from shiftkit.audit.report import pair_depth_png
+
+    assert pair_depth_png(fingerprint)[:4] == b"\x89PNG"  # site names in the tick labels, drawn literally
 
 
 def _invoke(argv: list) -> object:

@@ -127,8 +127,7 @@ def pair_depth_png(fingerprint: dict) -> bytes:
     ax.set_yticks(range(len(pairs)), [f"{p['a']} vs {p['b']}" for p in pairs])
     ax.set_title("Shift by depth per pair (MMD² / the pair's largest; *: significant)")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(fig)  # no tight_layout: it would draw the site names as mathtext before figure_png can stop it
 
 
 def fingerprint_rows(fingerprint: dict) -> list[list]:
