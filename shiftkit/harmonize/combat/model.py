@@ -35,7 +35,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -187,6 +187,18 @@ class ComBat:
         if self.gamma_star_ is None:
             raise ModelError("this ComBat model is not fitted; call fit() or load a saved model")
 
+    def covariate_effects(self, covariates: Any, rows: int) -> np.ndarray | float:
+        """The preserved covariates' effects (rows x features), or 0.0 when the model preserves none."""
+        q = len(self.beta_covariates_)
+        if not q:
+            return 0.0
+        if covariates is None:
+            raise DataError(f"the model preserves {q} covariate(s) ({', '.join(self.covariate_names_)}); give them")
+        cov = as_matrix(covariates, "covariate", self.covariate_names_)
+        if cov.shape != (rows, q):
+            raise DataError(f"expected covariates of shape ({rows}, {q}), got {cov.shape}")
+        return cov @ self.beta_covariates_
+
     def transform(
         self, features: np.ndarray, sites: Sequence[str], covariates: np.ndarray | None = None
     ) -> np.ndarray:
@@ -204,16 +216,7 @@ class ComBat:
                 f"site '{unknown[0]}' was not in the data ComBat was fitted on (fitted sites: {', '.join(self.sites_)})"
                 + (f"; {len(unknown) - 1} more unknown" if len(unknown) > 1 else "")
             )
-        q = len(self.beta_covariates_)
-        if q:
-            if covariates is None:
-                raise DataError(f"the model preserves {q} covariate(s) ({', '.join(self.covariate_names_)}); give them")
-            cov = as_matrix(covariates, "covariate", self.covariate_names_)
-            if cov.shape != (n, q):
-                raise DataError(f"expected covariates of shape ({n}, {q}), got {cov.shape}")
-            covariate_part = cov @ self.beta_covariates_
-        else:
-            covariate_part = 0.0
+        covariate_part = self.covariate_effects(covariates, n)
         index = np.searchsorted(np.asarray(self.sites_), site)
         center = np.zeros(p) if self.center_ is None else self.center_  # a version-1 model: raw units
         scale = np.ones(p) if self.scale_ is None else self.scale_

@@ -26,15 +26,7 @@ MIN_ROWS = 2
 
 def standard_mean(model: ComBat, rows: int, covariates: np.ndarray | None = None) -> np.ndarray:
     """ComBat's "standard mean" of each row in feature units: grand mean + covariate effects (no site term)."""
-    q = len(model.beta_covariates_)
-    part = 0.0
-    if q:
-        if covariates is None:
-            raise DataError(f"the model preserves {q} covariate(s) ({', '.join(model.covariate_names_)}); give them")
-        cov = as_matrix(covariates, "covariate", model.covariate_names_)
-        if cov.shape != (rows, q):
-            raise DataError(f"expected covariates of shape ({rows}, {q}), got {cov.shape}")
-        part = cov @ model.beta_covariates_
+    part = model.covariate_effects(covariates, rows)
     p = len(model.grand_mean_)
     center = np.zeros(p) if model.center_ is None else model.center_
     scale = np.ones(p) if model.scale_ is None else model.scale_
