@@ -77,7 +77,7 @@ def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
     empty.write_text("path,label\n")
     cases = [(["--source-val", str(unlabelled)], "needs a label for every image"),
              (["--source-val", str(other_classes)], "is not one of the model's classes"),
-             (["--target", str(empty)], ""),
+             (["--target", str(empty)], "manifest has no rows"),
              (["--methods", "magic"], "unknown method 'magic'")]
     for options, message in cases:
         args = {"--source-val": str(trained["cal"]), "--target": str(trained["same"])}

@@ -15,7 +15,6 @@ from rich.text import Text
 
 from shiftkit.audit.features_table import FeaturesAudit
 from shiftkit.audit.fold_harmonize import TITLES
-from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page
 from shiftkit.report.plots import figure_png
 
@@ -461,10 +460,9 @@ def _retest_section(page: Page, audit: FeaturesAudit, figures: dict) -> None:
 
 
 def write_features_report(audit: FeaturesAudit, out: Path) -> None:
-    data = json_text(audit.to_dict())
-    html = features_html(audit, features_figures(audit))
-    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),  # one set: never a JSON without its page
-                 out / "audit.html": lambda tmp: tmp.write_text(html)})
+    from shiftkit.audit.report import write_audit_files  # report.py re-exports this module's names
+
+    write_audit_files(audit.to_dict(), features_html(audit, features_figures(audit)), out)
 
 
 def print_features_summary(audit: FeaturesAudit, console: Console) -> None:

@@ -336,11 +336,15 @@ def image_figures(audit: ImageAudit) -> dict[str, bytes]:
     return figures
 
 
-def write_image_report(audit: ImageAudit, out: Path) -> None:
-    data = json_text(audit.to_dict())
-    html = image_html(audit, image_figures(audit))
-    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),  # one set: never a JSON without its page
+def write_audit_files(content: dict, html: str, out: Path) -> None:
+    """audit.json and audit.html as one set: never a JSON without its page."""
+    data = json_text(content)
+    write_files({out / "audit.json": lambda tmp: tmp.write_text(data),
                  out / "audit.html": lambda tmp: tmp.write_text(html)})
+
+
+def write_image_report(audit: ImageAudit, out: Path) -> None:
+    write_audit_files(audit.to_dict(), image_html(audit, image_figures(audit)), out)
 
 
 def print_image_summary(audit: ImageAudit, console: Console) -> None:

@@ -26,7 +26,7 @@ def trial_summary(selection: dict) -> str:
             text += " (disqualified: it replaced the images' content)"
         parts.append(text)
     chosen = selection["chosen"]
-    head = (f"best: {chosen} (`shiftkit harmonize TARGET --reference SOURCE --method auto` writes it)" if chosen
+    head = (f"best: {chosen} (shiftkit harmonize TARGET --reference SOURCE --method auto writes it)" if chosen
             else "no harmonizer reduced the shift: fix it in the model instead (fine-tuning, adapt-bn)")
     return f"{head}; tried on held-out images: " + "; ".join(parts)
 
@@ -55,7 +55,8 @@ def _html(page, content: dict, ctx: SectionContext) -> None:
     page.paragraph(content["summary"])
     page.table(["harmonizer", "held-out AUC after", "95% interval", "MMD² after", "reduces the shift",
                 "content kept (detail correlation)", "disqualified"],
-               [[c["name"], c["auc_after"], str(c["auc_after_ci"]) if c["auc_after_ci"] else None, c["mmd_after"],
+               [[c["name"], c["auc_after"], f"{c['auc_after_ci'][0]:.3f}–{c['auc_after_ci'][1]:.3f}" if c["auc_after_ci"] else None,
+                 c["mmd_after"],
                  "yes" if c["reduces"] else "no", c["content_correlation"], c["disqualified"] or ""]
                 for c in content["candidates"]])
     page.paragraph(f"Before: held-out domain AUC {content['before']['auc']:.3f}, MMD² {content['before']['mmd']:.4g}. "
