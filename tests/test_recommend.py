@@ -241,29 +241,49 @@ def test_the_held_out_dataset_never_informs_its_own_ranking(monkeypatch):
 # ---------------------------------------------------------------- CLI
 
 
-def test_recommend_cli_prints_a_table_and_json(tmp_path):
+@pytest.fixture
+def planted_evidence(tmp_path):
+    """A synthetic scenario evidence file whose winners follow a planted rule (tests/test_nearest_recommender.py)."""
+    from test_nearest_recommender import planted_table
+
+    path = tmp_path / "evidence.jsonl"
+    path.write_text("".join(json.dumps(s.to_dict()) + "\n" for s in planted_table()))
+    return path
+
+
+def test_recommend_cli_prints_the_measured_ranking_as_a_table_and_json(tmp_path, planted_evidence):
+    from shiftkit.recommend.measured import recommend_for_report
+
     path = tmp_path / "report.json"
     path.write_text(json.dumps(REPORT))
-    table = runner.invoke(app, ["recommend", str(path), "--top", "3"])
+    table = runner.invoke(app, ["recommend", str(path), "--top", "3", "--evidence", str(planted_evidence)])
     assert table.exit_code == 0, table.output
     assert "Recommended fine-tuning strategies for efficientnet_lite0" in table.output
-    assert "efficientnet_lite0 is not in the paper" in table.output
-    as_json = runner.invoke(app, ["recommend", str(tmp_path), "--arch", "vgg19", "--domain", "histopathology", "--json"])
+    assert "most similar" in table.output and "Davila et al. 2024" in table.output  # ImageNet: the paper informs
+    as_json = runner.invoke(app, ["recommend", str(tmp_path), "--arch", "vgg19", "--domain", "histopathology",
+                                  "--train-size", "200", "--start", "source", "--json",
+                                  "--evidence", str(planted_evidence)])
     assert as_json.exit_code == 0, as_json.output
     out = json.loads(as_json.stdout)
     assert out["arch"] == "vgg19" and len(out["ranking"]) == 8 and out["facts"]["domain"] == "histopathology"
-    assert out["ranking"][0]["evidence"][0]["dataset"] == "BACH"  # 360 images, histology: BACH weighs most
-    expected = recommend(replace(ShiftFacts.from_report(REPORT), domain="histopathology"), "vgg19")
-    assert [a["strategy"] for a in out["ranking"]] == [a.strategy for a in expected.ranking]
+    assert out["start"] == "source" and out["features"]["from_source"] == 1.0 and out["facts"]["train_size"] == 200
+    assert not any("Davila" in r for a in out["ranking"] for r in a["reasons"])  # from the source model: measured only
+    expected = recommend_for_report(REPORT, "vgg19", budget=200, start="source", domain="histopathology",
+                                    evidence=planted_evidence)
+    assert [a["strategy"] for a in out["ranking"]] == [a["strategy"] for a in expected["ranking"]]
+    assert "measured with efficientnet_lite0" in " ".join(out["notes"])
 
 
-def test_recommend_cli_evaluate_prints_the_lodo_rates():
-    result = runner.invoke(app, ["recommend", "--evaluate", "--json"])
+def test_recommend_cli_evaluate_prints_both_evaluations(planted_evidence):
+    result = runner.invoke(app, ["recommend", "--evaluate", "--json", "--evidence", str(planted_evidence)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["n_cases"] == 20 and set(out["rates"]) == set(METHODS)
-    table = runner.invoke(app, ["recommend", "--evaluate"])
+    assert out["published"]["n_cases"] == 20 and set(out["published"]["rates"]) == set(METHODS)
+    measured = out["measured"]
+    assert measured["scenarios"] == 48 and measured["scores"]["recommender"]["top1"] >= 0.8
+    table = runner.invoke(app, ["recommend", "--evaluate", "--evidence", str(planted_evidence)])
     assert table.exit_code == 0 and "Leave-one-dataset-out" in table.output
+    assert "Leave-one-family-out" in table.output and "always lp_ft" in table.output
 
 
 @pytest.mark.parametrize("content, message", [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shiftkit.cli.common import console, user_errors
+from shiftkit.cli.options import CacheDirOption, ImageSizeOption, InitOption, ValOption
 from shiftkit.errors import ConfigError, DataError
 
 
@@ -65,42 +65,135 @@ def _print_evaluation(result: dict) -> None:
     console.print(table)
 
 
+def _print_family_evaluation(result: dict) -> None:
+    if "error" in result:
+        console.print(f"[yellow]measured evidence:[/] {escape(result['error'])}")
+        return
+    table = Table(title=f"Leave-one-family-out over the measured scenarios: {result['scenarios']} scenarios in "
+                        f"{len(result['families'])} families ({result['ties']} with ties within one SE, each tie a "
+                        "hit)")
+    for column in ("method", "best ranked 1st", "best in top 3", "mean regret (points)"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, score in result["scores"].items():
+        table.add_row(escape(method), f"{score['top1']:.0%}", f"{score['top3']:.0%}", f"{score['regret']:.2f}")
+    console.print(table)
+    winners = Table(title="Winners per family (scenarios won, ties counted for each)")
+    winners.add_column("family")
+    winners.add_column("winners")
+    for family, counts in result["winners_by_family"].items():
+        winners.add_row(escape(family), escape(", ".join(f"{s} {n}" for s, n in counts.items())))
+    console.print(winners)
+
+
+def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict) -> dict:
+    """``compare --search`` over the recommended top k (and ``ft``, the reference) on the user's data; whether the
+    search's winner is the recommended first strategy, and what the search cost next to the full grid."""
+    from typer.main import get_command
+
+    from shiftkit.cli import app
+    from shiftkit.compare.grid import parse_lrs
+    from shiftkit.finetune.strategies import STRATEGY_CLASSES
+
+    if k < 1:
+        raise ConfigError(f"--k {k} must be at least 1")
+    ranked = [a["strategy"] for a in recommendation["ranking"]]
+    arms = ranked[:k] + (["ft"] if "ft" not in ranked[:k] else [])
+    args = ["compare", str(data), "--out", str(out), "--search", "--strategies", ",".join(arms)]
+    for name, value in options.items():
+        if value is not None:
+            args += [f"--{name.replace('_', '-')}", str(value)]
+    code = get_command(app).main(args, standalone_mode=False, prog_name="shiftkit")
+    if code:  # compare printed its one-line error
+        raise typer.Exit(code)
+    search = json.loads((out / "search.json").read_text())
+    arch, result = next(iter(search["archs"].items()))
+    winner = result["winner"]["strategy"]
+    epochs = options.get("epochs") or 50
+    grid_epochs = len(STRATEGY_CLASSES) * len(parse_lrs(options.get("lrs") or "1e-3,1e-4,1e-5")) * epochs
+    return {"arms": arms, "arch": arch, "search_winner": winner, "search_winner_lr": result["winner"]["lr"],
+            "recommended_first": ranked[0], "agrees": winner == ranked[0],
+            "winner_rank_in_recommendation": ranked.index(winner) + 1 if winner in ranked else None,
+            "epochs_run": result["epochs_run"], "wall_seconds": result["wall_seconds"],
+            "full_grid_epochs_one_seed": grid_epochs, "cost_fraction": result["epochs_run"] / grid_epochs}
+
+
+def _print_verification(v: dict) -> None:
+    verdict = ("[bold green]the data agrees[/]" if v["agrees"] else
+               f"[bold yellow]the data prefers #{v['winner_rank_in_recommendation']}[/]")
+    console.print(f"verify: {verdict}: successive halving over {', '.join(v['arms'])} chose "
+                  f"[bold]{escape(v['search_winner'])}[/] (lr {v['search_winner_lr']:g}); recommended first: "
+                  f"{escape(v['recommended_first'])}; cost {v['epochs_run']} epochs ({v['wall_seconds']:.0f} s), "
+                  f"{v['cost_fraction']:.0%} of the full grid's {v['full_grid_epochs_one_seed']} epochs for one seed")
+
+
 @user_errors
 def recommend(
     report: Optional[Path] = typer.Argument(None, help="report.json written by `shiftkit diagnose` (or its folder)."),
     arch: Optional[str] = typer.Option(None, help="Architecture you will fine-tune (default: the report's settings.arch)."),
     domain: Optional[str] = typer.Option(None, help="Imaging domain: X-ray, MRI, Histology, Dermoscopy, Endoscopy or other."),
-    train_size: Optional[int] = typer.Option(None, help="Labelled images you will fine-tune on (default: the report's source size)."),
+    train_size: Optional[int] = typer.Option(None, help="Labelled target images you will fine-tune on (default: the report's labelled target images, else its source size)."),
+    start: Optional[str] = typer.Option(None, help="imagenet or source: fine-tune from ImageNet weights or from your source model (finetune --init). Default: source when the report was made with --checkpoint."),
     top: Optional[int] = typer.Option(None, help="Show only the best N strategies."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    evaluate: bool = typer.Option(False, "--evaluate", help="Print the leave-one-dataset-out hit rates over the published evidence."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Print the leave-one-family-out scores over the measured scenarios and the leave-one-dataset-out hit rates over the published evidence."),
+    evidence: Optional[Path] = typer.Option(None, help="Scenario evidence (JSON lines) instead of the packaged one."),
+    verify: Optional[Path] = typer.Option(None, help="Labelled target data: run `compare --search` over the recommended top K (and ft) on it and say whether it agrees."),
+    out: Optional[Path] = typer.Option(None, help="--verify: output folder of the search."),
+    k: int = typer.Option(3, "--k", help="--verify: how many recommended strategies to search over."),
+    val: ValOption = None,
+    test: Optional[Path] = typer.Option(None, help="--verify: test data, evaluated once per run."),
+    init: InitOption = None,
+    lrs: str = typer.Option("1e-3,1e-4", help="--verify: learning rates per strategy."),
+    epochs: int = typer.Option(20, help="--verify: maximum epochs per arm."),
+    image_size: ImageSizeOption = None,
+    cache_dir: CacheDirOption = None,
 ) -> None:
     """Which fine-tuning strategy for this shift? A ranking with expected gains over ft and checkable reasons."""
     from shiftkit.recommend.evaluate import leave_one_dataset_out
+    from shiftkit.recommend.family_eval import leave_one_family_out
+    from shiftkit.recommend.measured import recommend_for_report
     from shiftkit.recommend.recommender import ShiftFacts
-    from shiftkit.recommend.recommender import recommend as rank
+    from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, load_scenarios
 
     if report is None and not evaluate:
         raise ConfigError("give a REPORT.json written by `shiftkit diagnose`, or --evaluate")
+    if verify is not None and (report is None or out is None):
+        raise ConfigError("--verify DATA needs a REPORT to recommend from and --out for the search")
+    evidence = evidence or EVIDENCE_FILE
     output: dict = {}
     if evaluate:
-        output["evaluation"] = leave_one_dataset_out().to_dict()
+        try:
+            measured = leave_one_family_out(load_scenarios(evidence)).to_dict()
+        except DataError as exc:
+            measured = {"error": str(exc)}
+        output["evaluation"] = {"measured": measured, "published": leave_one_dataset_out().to_dict()}
     if report is not None:
         data = _read_report(report)
         try:
-            facts = ShiftFacts.from_report(data)
+            ShiftFacts.from_report(data)  # a malformed report says what is wrong before anything else
         except DataError as exc:
             raise DataError(f"{report}: {exc}") from None
-        overrides = {k: v for k, v in (("domain", domain), ("train_size", train_size)) if v is not None}
-        facts = replace(facts, **overrides)
         arch = arch or (data.get("settings") or {}).get("arch")
         if not isinstance(arch, str) or not arch:
             raise ConfigError(f"{report}: the report names no architecture; give --arch")
-        output["recommendation"] = rank(facts, arch, top=top).to_dict()
+        if init is not None and start is None:
+            start = "source"
+        try:
+            output["recommendation"] = recommend_for_report(data, arch, budget=train_size, start=start,
+                                                            domain=domain, top=top, evidence=evidence)
+        except DataError as exc:
+            raise DataError(f"{report}: {exc}") from None
+    if verify is not None:
+        options = {"val": val, "test": test, "init": init, "lrs": lrs, "epochs": epochs, "image_size": image_size,
+                   "cache_dir": cache_dir, "archs": None if init is not None else arch}
+        output["verification"] = _verify(output["recommendation"], verify, out, k, options)
     if as_json:
         print(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
         return
     if "evaluation" in output:
-        _print_evaluation(output["evaluation"])
+        _print_family_evaluation(output["evaluation"]["measured"])
+        _print_evaluation(output["evaluation"]["published"])
     if "recommendation" in output:
         print_recommendation(output["recommendation"], console)
+    if "verification" in output:
+        _print_verification(output["verification"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html as html_text
-from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from shiftkit.io import json_text, write_files
 from shiftkit.report import plots
-from shiftkit.recommend.recommender import ShiftFacts, recommend
+from shiftkit.recommend.measured import recommend_for_report
 from shiftkit.report.html import Page
 from shiftkit.report.sections import SectionContext, register, sections
 from shiftkit.shift import registry
@@ -135,8 +134,7 @@ def html_page(ctx: SectionContext) -> str:
 
 def recommendation(report: dict, domain: str | None = None) -> dict:
     """The fine-tuning recommendation for this shift (``shiftkit.recommend``): report.json's ``recommendation``."""
-    facts = replace(ShiftFacts.from_report(report), domain=domain)
-    return recommend(facts, report["settings"]["arch"]).to_dict()
+    return recommend_for_report(report, report["settings"]["arch"], domain=domain)
 
 
 def skipped_images(profile: ShiftProfile, data: Embedded) -> list[dict]:

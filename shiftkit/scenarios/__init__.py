@@ -9,8 +9,9 @@ the scenario's source (one per :attr:`ScenarioSpec.source_key`).
 from shiftkit.scenarios.build import Plan, build, plan
 from shiftkit.scenarios.catalog import FAMILIES, all_scenarios, select
 from shiftkit.scenarios.corruptions import CORRUPTIONS, corruption
+from shiftkit.scenarios.evidence import EVIDENCE_PROTOCOL, evidence_slice
 from shiftkit.scenarios.sources import data_root
 from shiftkit.scenarios.spec import BUDGETS, LEVELS, STARTS, ScenarioSpec
 
-__all__ = ["BUDGETS", "CORRUPTIONS", "FAMILIES", "LEVELS", "STARTS", "Plan", "ScenarioSpec", "all_scenarios", "build",
-           "corruption", "data_root", "plan", "select"]
+__all__ = ["BUDGETS", "CORRUPTIONS", "EVIDENCE_PROTOCOL", "FAMILIES", "LEVELS", "STARTS", "Plan", "ScenarioSpec", "all_scenarios", "build",
+           "corruption", "data_root", "evidence_slice", "plan", "select"]

@@ -1,0 +1,125 @@
+"""Issue 18's evidence run: every strategy's target-test outcome, with the shift fingerprint, per scenario.
+
+For each scenario of the evidence slice (:data:`shiftkit.scenarios.EVIDENCE_SLICE`, at least 24 scenarios in at
+least 6 families), in order, each step resumable on its own:
+
+1. ``build`` the scenario's files (deterministic; a rebuild writes the same bytes);
+2. ``start == "source"``: train the source checkpoint once per source (``shiftkit finetune source.csv --val
+   source_val.csv --strategy ft``);
+3. the fingerprint, once per (target data, starting point): ``shiftkit diagnose source.csv pool.csv --fingerprint``
+   (the pool is the target's unlabelled images; with ``--checkpoint`` the source model for ``start == "source"``);
+4. ``shiftkit compare target_b<budget>.csv --val val.csv --test test.csv [--init SOURCE_MODEL]``: every strategy, a
+   learning-rate grid chosen on the target's validation set, ``--seeds`` seeds, early stopping (compare's own
+   ``runs.jsonl`` resumes an interrupted grid).
+
+Then ``--collect`` writes the evidence table (``shiftkit/recommend/data/scenario_evidence.jsonl`` by default) from the
+finished scenarios: one row per scenario (spec, fingerprint features, each strategy's test metric mean and standard
+error over seeds, the chosen learning rate). Run it again after an interruption: finished steps are skipped.
+
+    python3 benchmarks/strategy_evidence.py --out /work/runs/evidence             # the whole slice, resumable
+    python3 benchmarks/strategy_evidence.py --out /work/runs/evidence --collect   # the evidence file only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, collect_row, write_evidence
+from shiftkit.scenarios import EVIDENCE_PROTOCOL, build, evidence_slice
+
+PY = [sys.executable, "-m", "shiftkit"]
+
+
+def _run(command: list[str], log: Path) -> None:
+    """One shiftkit command, its output appended to LOG; a failure stops the run with the log's path."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(f"\n$ {' '.join(command)}\n")
+        handle.flush()
+        start = time.time()
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT,
+                               env={**os.environ, "COLUMNS": "120"})
+        handle.write(f"[exit {code} after {time.time() - start:.0f} s]\n")
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(command)}; see {log}")
+
+
+def source_model(spec, out: Path, protocol: dict, log: Path) -> Path:
+    folder = out / "models" / spec.source_key
+    if not (folder / "metrics.json").exists():
+        _run(PY + ["finetune", str(out / spec.source), "--val", str(out / spec.source_val), "--strategy", "ft",
+                   "--arch", protocol["arch"], "--image-size", str(protocol["image_size"]),
+                   "--lr", str(protocol["source_lr"]), "--epochs", str(protocol["source_epochs"]),
+                   "--patience", str(protocol["patience"]), "--batch-size", str(protocol["source_batch_size"]),
+                   "--cache-dir", str(out / "cache"), "--out", str(folder), "--resume"], log)
+    return folder
+
+
+def fingerprint(spec, out: Path, protocol: dict, model: Path | None, log: Path) -> Path:
+    folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
+    if not (folder / "report.json").exists():
+        pool = Path(spec.val).parent / "pool.csv"
+        command = PY + ["diagnose", str(out / spec.source), str(out / pool), "--fingerprint", "--no-thumbnails",
+                        "--image-size", str(protocol["image_size"]), "--cache-dir", str(out / "cache"),
+                        "--out", str(folder)]
+        command += ["--checkpoint", str(model)] if model else ["--arch", protocol["arch"]]
+        _run(command, log)
+    return folder
+
+
+def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path) -> Path:
+    folder = out / "compare" / spec.name
+    if not (folder / "compare.json").exists():
+        command = PY + ["compare", str(out / spec.target), "--val", str(out / spec.val), "--test", str(out / spec.test),
+                        "--lrs", protocol["lrs"], "--seeds", str(protocol["seeds"]),
+                        "--epochs", str(protocol["epochs"]), "--patience", str(protocol["patience"]),
+                        "--batch-size", str(protocol["batch_size"]), "--image-size", str(protocol["image_size"]),
+                        "--cache-dir", str(out / "cache"), "--out", str(folder)]
+        command += ["--init", str(model)] if model else ["--archs", protocol["arch"]]
+        _run(command, log)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="build root, models, fingerprints, compare runs")
+    parser.add_argument("--collect", action="store_true", help="only write the evidence file from finished scenarios")
+    parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE, help="where --collect writes")
+    parser.add_argument("--only", default=None, help="scenario names containing this text")
+    parser.add_argument("--list", action="store_true", help="list the slice and exit")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    protocol = dict(EVIDENCE_PROTOCOL)
+    specs = [s for s in evidence_slice() if not args.only or args.only in s.name]
+    if args.list:
+        for spec in specs:
+            print(spec.family, spec.name)
+        print(f"{len(specs)} scenarios, {len({s.family for s in specs})} families")
+        return
+    if not args.collect:
+        for number, spec in enumerate(specs, 1):
+            log = out / "logs" / f"{spec.name}.log"
+            start = time.time()
+            build(spec, out)
+            model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
+                if spec.start == "source" else None
+            fingerprint(spec, out, protocol, model, log)
+            compare(spec, out, protocol, model, log)
+            print(f"[{number}/{len(specs)}] {spec.name}: {time.time() - start:.0f} s", flush=True)
+    rows = [collect_row(spec, out) for spec in specs]
+    rows = [row for row in rows if row is not None]
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "python": platform.python_version()}
+    write_evidence(args.evidence, rows, protocol=protocol, machine=machine)
+    print(f"{len(rows)} of {len(specs)} scenarios written to {args.evidence}")
+
+
+if __name__ == "__main__":
+    main()
