@@ -324,3 +324,23 @@ def test_flags_are_raised_on_planted_conditions_and_clear_otherwise():
     assert label_shift_flag([0.5, 0.5], [0.8, 0.2], replicates=replicates).raised
     assert not label_shift_flag([0.5, 0.5], [0.5, 0.5], replicates=replicates - [0.3, -0.3]).raised
     assert label_shift_flag([0.5, 0.5], [0.48, 0.52], p_value=0.001).raised
+
+
+def test_consensus_intervals_are_the_hull_of_ac_atc_doc_and_keep_the_sampling_interval():
+    from shiftkit.estimate.result import EstimateResult
+    from shiftkit.estimate.run import _consensus_intervals
+
+    def result(method, interval, metric="accuracy"):
+        return EstimateResult(method=method, metric=metric, estimate=sum(interval) / 2, interval=interval, level=0.95,
+                              assumes="", details={})
+
+    widened = _consensus_intervals([result("ac", (0.70, 0.80)), result("atc", (0.60, 0.75)),
+                                    result("doc", (0.72, 0.85)), result("source", (0.5, 0.9)),
+                                    result("ac", (0.1, 0.2), metric="ppv")])
+    by = {(r.method, r.metric): r for r in widened}
+    for method in ("ac", "atc", "doc"):
+        assert by[(method, "accuracy")].interval == (0.60, 0.85)
+    assert by[("ac", "accuracy")].details["sampling_interval"] == [0.70, 0.80]
+    assert by[("ac", "accuracy")].details["interval_from"] == "hull of the bootstrap intervals of ac, atc, doc"
+    assert by[("source", "accuracy")].interval == (0.5, 0.9)  # the naive baseline keeps its own
+    assert by[("ac", "ppv")].interval == (0.1, 0.2)  # only the same metric pools

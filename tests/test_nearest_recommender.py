@@ -104,7 +104,7 @@ def test_advice_has_reasons_a_person_can_check():
     assert [a["strategy"] for a in advice] == model.rank(query)
     first = advice[0]
     assert first["strategy"] == "g_fl" and first["won_in"] >= 5
-    assert "early_shift 0.95" in " ".join(first["reasons"])
+    assert "first-block share of the shift 0.95" in " ".join(first["reasons"])
 
 
 def test_evidence_file_round_trips_and_bad_rows_are_named(tmp_path):

@@ -286,6 +286,45 @@ def test_recommend_cli_evaluate_prints_both_evaluations(planted_evidence):
     assert "Leave-one-family-out" in table.output and "always lp_ft" in table.output
 
 
+@pytest.mark.parametrize("planted_rank", [1, 2])
+def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
+        phantom_dir, tmp_path, planted_evidence, monkeypatch, planted_rank):
+    import importlib
+
+    from shiftkit.compare.search import ArmProgress
+    from shiftkit.recommend.measured import recommend_for_report
+
+    ranked = [a["strategy"] for a in recommend_for_report(REPORT, "resnet18", evidence=planted_evidence)["ranking"]]
+    planted_best = ranked[planted_rank - 1]  # the strategy the data will prefer
+
+    def fake_arms(settings, arch, seed, out, callback=None):
+        return lambda arm, budget: ArmProgress(0.9 if arm.strategy == planted_best else 0.6, budget)
+
+    monkeypatch.setattr(importlib.import_module("shiftkit.cli.compare"), "finetune_arms", fake_arms)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORT))
+    result = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
+                                 "--verify", str(phantom_dir), "--out", str(tmp_path / "verify"), "--epochs", "3",
+                                 "--lrs", "1e-3", "--json"])
+    assert result.exit_code == 0, result.output
+    verification = json.loads(result.stdout)["verification"]
+    assert verification["arms"] == ranked[:3] + ([] if "ft" in ranked[:3] else ["ft"])  # top 3, and the reference
+    assert verification["search_winner"] == planted_best
+    assert verification["agrees"] is (planted_rank == 1)
+    assert verification["winner_rank_in_recommendation"] == planted_rank
+    assert verification["full_grid_epochs_one_seed"] == 8 * 1 * 3
+    assert 0 < verification["cost_fraction"] < 1
+    table = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
+                                "--verify", str(phantom_dir), "--out", str(tmp_path / "verify2"), "--epochs", "3",
+                                "--lrs", "1e-3"])
+    assert ("the data agrees" if planted_rank == 1 else "the data prefers #2") in table.output
+
+
+def test_verify_needs_a_report_and_an_out(phantom_dir, tmp_path):
+    result = runner.invoke(app, ["recommend", "--evaluate", "--verify", str(phantom_dir)])
+    assert result.exit_code == 2 and "--verify DATA needs a REPORT" in result.stderr
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", "is not valid JSON (line 1"),
     (json.dumps({"covariate": {}, "verdict": {}}), "no 'dataset' section"),

@@ -24,10 +24,12 @@ def _found_table(summary: dict) -> Table:
 
 
 def _recommendation_table(summary: dict, top: int = 3) -> Table:
-    table = Table(title="Recommended fine-tuning strategies (expected gain over ft, published evidence)")
+    recommendation = summary["recommendation"]
+    table = Table(title="Recommended fine-tuning strategies (expected gain over ft; "
+                        f"{escape(recommendation.get('model', 'published evidence'))})")
     for column in ("rank", "strategy", "expected gain", "why"):
         table.add_column(column)
-    for rank, advice in enumerate(summary["recommendation"]["ranking"][:top], start=1):
+    for rank, advice in enumerate(recommendation["ranking"][:top], start=1):
         gain = f"{advice['expected_gain']:+.1f} % ± {advice['uncertainty']:.1f}"
         table.add_row(str(rank), escape(advice["strategy"]), gain, escape("; ".join(advice["reasons"][:2])))
     return table

@@ -85,7 +85,7 @@ def _print_family_evaluation(result: dict) -> None:
     console.print(winners)
 
 
-def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict) -> dict:
+def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict, quiet: bool = False) -> dict:
     """``compare --search`` over the recommended top k (and ``ft``, the reference) on the user's data; whether the
     search's winner is the recommended first strategy, and what the search cost next to the full grid."""
     from typer.main import get_command
@@ -102,7 +102,11 @@ def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict) 
     for name, value in options.items():
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]
-    code = get_command(app).main(args, standalone_mode=False, prog_name="shiftkit")
+    quiet, console.quiet = console.quiet, quiet or console.quiet  # --json: only the JSON on stdout
+    try:
+        code = get_command(app).main(args, standalone_mode=False, prog_name="shiftkit")
+    finally:
+        console.quiet = quiet
     if code:  # compare printed its one-line error
         raise typer.Exit(code)
     search = json.loads((out / "search.json").read_text())
@@ -186,7 +190,7 @@ def recommend(
     if verify is not None:
         options = {"val": val, "test": test, "init": init, "lrs": lrs, "epochs": epochs, "image_size": image_size,
                    "cache_dir": cache_dir, "archs": None if init is not None else arch}
-        output["verification"] = _verify(output["recommendation"], verify, out, k, options)
+        output["verification"] = _verify(output["recommendation"], verify, out, k, options, quiet=as_json)
     if as_json:
         print(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
         return

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from shiftkit.errors import DataError
-from shiftkit.recommend.scenario_evidence import FEATURES, STRATEGIES, Scenario
+from shiftkit.recommend.scenario_evidence import FEATURES, STRATEGIES, LABELS, Scenario, value_text
 
 BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, math.inf)
 SHRINKAGE = 0.5
@@ -121,16 +121,17 @@ class NearestModel:
     def advise(self, features: dict[str, float]) -> list[dict]:
         """The ranking with expected gains, uncertainties and checkable reasons, best first."""
         expected = self.expected(features)
-        near = self.neighbours(features)
+        near = self.neighbours(features) if self.features else [(s, 0.0) for s in self.scenarios]
+        which = "most similar measured scenarios" if self.features else "measured scenarios"
         ranking = self.rank(features)
         resemblance = self._resemblance(features, [s for s, _ in near])
         advice = []
         for strategy in ranking:
             won = [s.name for s, _ in near if strategy in s.winners()]
-            reasons = [f"won (best, or within one standard error of it) in {len(won)} of the {len(near)} most similar "
-                       "measured scenarios" + (f" (e.g. {', '.join(won[:2])})" if won else "")]
+            reasons = [f"won (best, or within one standard error of it) in {len(won)} of the {len(near)} {which}"
+                       + (f" (e.g. {', '.join(won[:2])})" if won else "")]
             if strategy == ranking[0] and resemblance:
-                reasons.append(f"similar by {resemblance}")
+                reasons.append(f"yours: {resemblance}")
             mean, spread = expected[strategy]
             advice.append({"strategy": strategy, "expected_gain": mean, "uncertainty": spread, "reasons": reasons,
                            "won_in": len(won), "neighbours": len(near)})
@@ -142,7 +143,7 @@ class NearestModel:
         for f in self.features:
             values = [s.features[f] for s in near if _known(s.features.get(f))]
             if values and _known(features.get(f)):
-                parts.append(f"{f} {features[f]:.2f} (theirs {sum(values) / len(values):.2f})")
+                parts.append(f"{LABELS[f]} {value_text(f, features[f])} (theirs {value_text(f, sum(values) / len(values))})")
         return "; ".join(parts)
 
     def to_dict(self) -> dict:

@@ -39,6 +39,28 @@ FEATURES: dict[str, str] = {
 """The recommender's inputs, one place: name -> what it measures."""
 
 
+LABELS = {"shift_auc": "domain AUC", "early_shift": "first-block share of the shift",
+          "peak_depth": "shift peak depth (0 first block, 1 last)", "imagenet_kl": "BatchNorm KL from ImageNet",
+          "probe_auroc": "linear-probe AUROC", "label_shift": "label shift (total variation)",
+          "concept": "concept shift", "log2_budget": "labelled images", "n_classes": "classes",
+          "from_source": "start"}
+
+
+def value_text(feature: str, value: float) -> str:
+    """A feature's value as a person reads it: ``source model``, ``50``, ``mild``, ``0.93``."""
+    if not math.isfinite(value):
+        return "not measured"
+    if feature == "from_source":
+        return "source model" if value >= 0.5 else "ImageNet"
+    if feature == "log2_budget":
+        return f"{2 ** value:.0f}"
+    if feature == "n_classes":
+        return f"{value:.0f}"
+    if feature == "concept":
+        return {0.0: "none", 0.5: "mild", 1.0: "strong"}.get(value, f"{value:.2f}")
+    return f"{value:.2f}"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One strategy's target-test metric (percent) over seeds at the learning rate chosen on validation."""

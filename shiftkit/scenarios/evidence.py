@@ -1,7 +1,9 @@
 """The evidence slice: the scenarios (and the protocol) behind the committed strategy evidence.
 
-The whole catalogue (228 scenarios) is more than a 2-core CPU runs in the ~6 hours the evidence may take, so the
-evidence uses one slice of it, fixed here so that the evidence file, its README and the runner
+The whole catalogue (228 scenarios) is more than a 2-core CPU runs in the ~6 hours the evidence may take (one
+scenario, 32 fine-tuning runs, takes about 13 minutes there), so the evidence uses one slice of it: three target
+data sets per family at budget 50 from ImageNet (21), six of them from the source model, two at budget 200 (29 in
+all), fixed here so that the evidence file, its README and the runner
 (``benchmarks/strategy_evidence.py``) agree. The slice is ordered so that a partial run already covers every family:
 first one scenario of each family, then the rest.
 """
@@ -46,19 +48,15 @@ _SLICE = (
     dict(family="sharpness", dataset="ham10000", corruption="blur", severity=2),
     dict(family="noise", dataset="ham10000", corruption="jpeg", severity=2),
     dict(family="intensity", dataset="breastmnist", corruption="gamma", severity=2),
-    dict(family="acquisition", site="vienna_dias", target_site="vidir_modern"),
     dict(family="prevalence", dataset="ham10000"),
     dict(family="control", dataset="ham10000"),
     dict(family="acquisition", site="rosendahl", target_site="vidir_modern", classes=[("bkl", "mel", "nv")]),
     dict(family="concept", dataset="ham10000", site="rosendahl",
          relabel=[{"bkl": "bkl_or_mel", "mel": "bkl_or_mel"}]),
-    dict(family="sharpness", dataset="breastmnist", corruption="resolution", severity=2),
-    dict(family="noise", dataset="pneumoniamnist", corruption="jpeg", severity=2),
-    dict(family="intensity", dataset="breastmnist", corruption="contrast", severity=2),
 )
 # Scenarios from the source model (finetune --init), and at the larger budget, after the ImageNet/50 ones.
-_SOURCE_START = (0, 1, 2, 3, 5, 6, 9, 11)
-_LARGER_BUDGET = (0, 3, 4, 7)
+_SOURCE_START = (0, 1, 2, 3, 5, 6)
+_LARGER_BUDGET = (0, 3)
 
 
 def evidence_slice(seed: int = 0) -> list[ScenarioSpec]:
