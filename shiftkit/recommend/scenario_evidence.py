@@ -177,7 +177,8 @@ def collect_row(spec, out: Path) -> dict | None:
     for strategy, row in table["rows"].items():
         cell = row.get(arch, {}).get(metric)
         if cell and cell["mean"] is not None:
-            outcomes[strategy] = {"mean": cell["mean"], "se": cell["se"] or 0.0, "n": cell["n"], "lr": cell["lr"]}
+            outcomes[strategy] = {"mean": 100.0 * cell["mean"], "se": 100.0 * (cell["se"] or 0.0), "n": cell["n"],
+                                  "lr": cell["lr"]}  # percent: regrets are metric points
     if set(outcomes) != set(STRATEGIES):
         return None
     from shiftkit.recommend.recommender import ShiftFacts
