@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shiftkit.errors import ConfigError
 from shiftkit.recommend.nearest import NearestModel, fit
-from shiftkit.recommend.recommender import ShiftFacts, recommend
+from shiftkit.recommend.recommender import ShiftFacts, recommend, shift_notes
 from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, FEATURES, load_scenarios, shift_features
 
 MEASURED_ARCH = "efficientnet_lite0"
@@ -90,6 +90,7 @@ def recommend_for_features(features: dict[str, float], facts: ShiftFacts, arch: 
     if not model.features:
         notes.append("no fingerprint feature improved the leave-one-family-out regret on the evidence: the ranking "
                      "is the best single strategy's over all measured scenarios")
+    notes += [n for n in shift_notes(facts) if not n.startswith("covariate shift not measured")]
     best = advice[0]["strategy"] if advice else None
     return {"arch": arch, "best": best, "start": start, "facts": facts.to_dict(),
             "features": {f: (v if math.isfinite(v) else None) for f, v in features.items()},

@@ -376,7 +376,8 @@ def recommend(facts: ShiftFacts, arch: str, top: int | None = None, evidence: Ev
                        "se": c.gain_se[s]} for c in top_cases],
         ))
     advice.sort(key=lambda a: (-a.expected_gain, a.uncertainty, PUBLISHED_STRATEGIES.index(a.strategy)))
-    notes.extend(_shift_notes(facts))
+    notes.extend(shift_notes(facts))
+    notes.append("the published evidence has no shift measurements: shift enters only as the documented priors")
     return Recommendation(
         arch=arch, facts=facts, ranking=advice[:top] if top else advice,
         evidence_architectures={a: w for a, w in arch_w.items() if a in PUBLISHED_ARCHS},
@@ -384,7 +385,8 @@ def recommend(facts: ShiftFacts, arch: str, top: int | None = None, evidence: Ev
     )
 
 
-def _shift_notes(facts: ShiftFacts) -> list[str]:
+def shift_notes(facts: ShiftFacts) -> list[str]:
+    """What the measured shift asks for beyond a fine-tuning strategy (harmonize, re-weight, label target data)."""
     notes = []
     if facts.covariate_strength is None:
         notes.append("covariate shift not measured: no shift prior applied (run `shiftkit diagnose`)")
@@ -398,5 +400,4 @@ def _shift_notes(facts: ShiftFacts) -> list[str]:
     if facts.concept in ("mild", "strong"):
         notes.append(f"{facts.concept} concept shift: P(Y|X) differs, so the source labels mislead on the target; "
                      "fine-tune on labelled target images (no strategy effect is applied)")
-    notes.append("the published evidence has no shift measurements: shift enters only as the documented priors")
     return notes

@@ -101,8 +101,10 @@ def _settings_html(page: Page, _content, ctx: SectionContext) -> None:
 
 def _recommendation_html(page: Page, _content, ctx: SectionContext) -> None:
     recommended = ctx.report["recommendation"]
-    page.paragraph(f"Expected relative gain over ft (% of the main metric) for {recommended['arch']}, best first; "
-                   "`shiftkit recommend report.json` prints it again (README, Recommendation).", "note")
+    page.paragraph(f"Expected relative gain over ft (% of the main metric) for {recommended['arch']}, best first, "
+                   f"from {recommended.get('model', 'the published evidence')}; `shiftkit recommend report.json` "
+                   "prints it again, `--verify` checks it on your labelled target images (README, Recommendation).",
+                   "note")
     page.table(["#", "strategy", "expected gain (%)", "± uncertainty", "reasons"],
                [[rank, a["strategy"], a["expected_gain"], a["uncertainty"], " • ".join(a["reasons"])]
                 for rank, a in enumerate(recommended["ranking"], start=1)])
