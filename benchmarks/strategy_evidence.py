@@ -7,7 +7,8 @@ least 6 families), in order, each step resumable on its own:
 2. ``start == "source"``: train the source checkpoint once per source (``shiftkit finetune source.csv --val
    source_val.csv --strategy ft``);
 3. the fingerprint, once per (target data, starting point): ``shiftkit diagnose source.csv pool.csv --fingerprint``
-   (the pool is the target's unlabelled images; with ``--checkpoint`` the source model for ``start == "source"``);
+   (the pool is the target's unlabelled images); for ``start == "source"``, ``diagnose source_val.csv pool.csv
+   --checkpoint SOURCE_MODEL`` (the source model embeds, on source images it did not train on);
 4. ``shiftkit compare target_b<budget>.csv --val val.csv --test test.csv [--init SOURCE_MODEL]``: every strategy, a
    learning-rate grid chosen on the target's validation set, ``--seeds`` seeds, early stopping (compare's own
    ``runs.jsonl`` resumes an interrupted grid).
@@ -23,7 +24,6 @@ error over seeds, the chosen learning rate). Run it again after an interruption:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -66,7 +66,9 @@ def fingerprint(spec, out: Path, protocol: dict, model: Path | None, log: Path) 
     folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
     if not (folder / "report.json").exists():
         pool = Path(spec.val).parent / "pool.csv"
-        command = PY + ["diagnose", str(out / spec.source), str(out / pool), "--fingerprint", "--no-thumbnails",
+        # from the source model: its validation images (it did not train on them; the estimate section needs that)
+        source = spec.source_val if model else spec.source
+        command = PY + ["diagnose", str(out / source), str(out / pool), "--fingerprint", "--no-thumbnails",
                         "--image-size", str(protocol["image_size"]), "--cache-dir", str(out / "cache"),
                         "--out", str(folder)]
         command += ["--checkpoint", str(model)] if model else ["--arch", protocol["arch"]]
