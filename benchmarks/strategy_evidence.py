@@ -106,15 +106,23 @@ def main() -> None:
         print(f"{len(specs)} scenarios, {len({s.family for s in specs})} families")
         return
     if not args.collect:
+        failed = []
         for number, spec in enumerate(specs, 1):
             log = out / "logs" / f"{spec.name}.log"
             start = time.time()
-            build(spec, out)
-            model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
-                if spec.start == "source" else None
-            fingerprint(spec, out, protocol, model, log)
-            compare(spec, out, protocol, model, log)
+            try:
+                build(spec, out)
+                model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
+                    if spec.start == "source" else None
+                fingerprint(spec, out, protocol, model, log)
+                compare(spec, out, protocol, model, log)
+            except SystemExit as exc:  # one scenario's failure does not hold up the others
+                failed.append(spec.name)
+                print(f"[{number}/{len(specs)}] {spec.name}: {exc}", flush=True)
+                continue
             print(f"[{number}/{len(specs)}] {spec.name}: {time.time() - start:.0f} s", flush=True)
+        if failed:
+            print(f"{len(failed)} scenario(s) failed: {', '.join(failed)}", flush=True)
     rows = [collect_row(spec, out) for spec in specs]
     rows = [row for row in rows if row is not None]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
