@@ -272,6 +272,8 @@ def test_recommend_cli_prints_the_measured_ranking_as_a_table_and_json(tmp_path,
                                     evidence=planted_evidence)
     assert [a["strategy"] for a in out["ranking"]] == [a["strategy"] for a in expected["ranking"]]
     assert "measured with efficientnet_lite0" in " ".join(out["notes"])
+    # the report has no fingerprint: the chosen features it lacks are named, and the distance leaves them out
+    assert "not measured in this report: early_shift, probe_auroc" in " ".join(out["notes"])
 
 
 def test_recommend_cli_evaluate_prints_both_evaluations(planted_evidence):
@@ -369,3 +371,14 @@ def test_a_real_diagnose_run_carries_the_recommendation(phantom_dir, tmp_path):
     again = runner.invoke(app, ["recommend", str(out / "report.json"), "--json"])
     assert again.exit_code == 0, again.output
     assert [a["strategy"] for a in json.loads(again.stdout)["ranking"]] == [a["strategy"] for a in rec["ranking"]]
+
+
+def test_without_measured_evidence_the_published_recommender_answers_and_says_so(tmp_path):
+    from shiftkit.recommend.measured import recommend_for_report
+
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    rec = recommend_for_report(REPORT, "vgg19", budget=360, domain="histopathology", evidence=empty)
+    expected = recommend(replace(ShiftFacts.from_report(REPORT), train_size=360, domain="histopathology"), "vgg19")
+    assert [a["strategy"] for a in rec["ranking"]] == [a.strategy for a in expected.ranking]
+    assert any("holds no measured scenario" in note for note in rec["notes"])
