@@ -344,3 +344,15 @@ def test_consensus_intervals_are_the_hull_of_ac_atc_doc_and_keep_the_sampling_in
     assert by[("ac", "accuracy")].details["interval_from"] == "hull of the bootstrap intervals of ac, atc, doc"
     assert by[("source", "accuracy")].interval == (0.5, 0.9)  # the naive baseline keeps its own
     assert by[("ac", "ppv")].interval == (0.1, 0.2)  # only the same metric pools
+
+
+def test_doc_never_estimates_an_accuracy_above_one():
+    from shiftkit.estimate.run import estimate_performance
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    source = np.stack([-(2 * labels - 1) * 1.0, (2 * labels - 1) * 1.0], axis=1) + rng.normal(0, 0.3, (400, 2))
+    target = np.tile([[-20.0, 20.0]], (300, 1))  # far more confident than anything at the source
+    result = estimate_performance(source, labels, target, methods=["doc"], bootstrap=50, target_prior=None)
+    doc = result.get("doc")
+    assert doc.estimate <= 1.0 and doc.interval[1] <= 1.0

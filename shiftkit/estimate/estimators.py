@@ -194,12 +194,13 @@ def estimate_atc(batch: Batch) -> dict[str, np.ndarray]:
 
 def estimate_doc(batch: Batch) -> dict[str, np.ndarray]:
     """DoC (Guillory et al. 2021): source accuracy minus the drop in mean (uncalibrated) max confidence from source
-    to target, ``acc_S - (conf_S - conf_T)``."""
+    to target, ``acc_S - (conf_S - conf_T)``, clipped to [0, 1] (a target more confident than the source would
+    otherwise give an accuracy above 1)."""
     ctx = batch.ctx
     ws_total, wt_total = batch.ws.sum(axis=1), batch.wt.sum(axis=1)
     acc = batch.ws @ ctx.correct / ws_total
     drop = batch.ws @ ctx.src_conf / ws_total - batch.wt @ ctx.tgt_conf / wt_total
-    return {"accuracy": acc - drop}
+    return {"accuracy": np.clip(acc - drop, 0.0, 1.0)}
 
 
 def estimate_cm_atc(batch: Batch) -> dict[str, np.ndarray]:
