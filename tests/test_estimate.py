@@ -356,3 +356,14 @@ def test_doc_never_estimates_an_accuracy_above_one():
     result = estimate_performance(source, labels, target, methods=["doc"], bootstrap=50, target_prior=None)
     doc = result.get("doc")
     assert doc.estimate <= 1.0 and doc.interval[1] <= 1.0
+
+
+def test_confident_shift_is_raised_when_a_separable_target_is_no_less_confident():
+    from shiftkit.estimate.flags import confident_shift_flag
+
+    source, sure, unsure = np.full(50, 0.8), np.full(40, 0.95), np.full(40, 0.6)
+    assert confident_shift_flag(source, sure, 0.97).raised
+    assert not confident_shift_flag(source, unsure, 0.97).raised  # the confidence dropped: estimates can see it
+    assert not confident_shift_flag(source, sure, 0.6).raised  # no strong covariate shift
+    flag = confident_shift_flag(source, sure, None)
+    assert flag.status == "not_assessed" and set(flag.affects) == {"ac", "atc", "doc", "cm_atc"}

@@ -156,6 +156,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
         label_flag,
         flagging.covariate_shift_flag(domain_auc),
+        flagging.confident_shift_flag(ctx.src_conf, ctx.tgt_conf, domain_auc),
         flagging.importance_weight_flag(None if density is None else density.weights),
         flagging.concept_shift_flag(),
     ]
