@@ -14,7 +14,8 @@ hand:
 4. Which features (at most :data:`MAX_FEATURES`, chosen greedily) and which bandwidth (from :data:`BANDWIDTHS`) are
    chosen by an inner leave-one-family-out over the scenarios being fitted, minimising the mean regret of the first
    strategy. Starting from no feature at all (the best single strategy), a feature joins only when it lowers that
-   regret: the kernel must earn its place on families it was not fitted to.
+   regret by more than one standard error of the per-scenario differences: the kernel must earn its place on
+   families it was not fitted to, by more than the noise of a small table.
 5. The reasons name the most similar scenarios, how many of them each strategy won (within one standard error of
    the best), and the chosen features' values: yours against theirs.
 
@@ -178,16 +179,25 @@ def check_no_leak(train: Sequence[Scenario], held_out: Sequence[Scenario]) -> No
                             f"scenario {other.name} ({other.family})")
 
 
-def inner_regret(scenarios: Sequence[Scenario], features: Sequence[str], bandwidth: float,
-                 shrinkage: float = SHRINKAGE) -> float:
-    """Mean regret (metric points) of the first-ranked strategy, leave-one-family-out within ``scenarios``."""
+def inner_regrets(scenarios: Sequence[Scenario], features: Sequence[str], bandwidth: float,
+                  shrinkage: float = SHRINKAGE) -> np.ndarray:
+    """Per scenario, the regret (metric points) of the first-ranked strategy, leave-one-family-out within
+    ``scenarios`` (in :func:`family_splits` order)."""
     regrets = []
     for _, train, held in family_splits(scenarios):
         model = NearestModel(tuple(train), tuple(features), bandwidth, shrinkage)
         mean, _ = model._predict(_matrix(held, model.features))
         first = mean.argmax(axis=1)  # ties: the first strategy in STRATEGIES order, as rank() does
         regrets += list(_regrets(held)[np.arange(len(held)), first])
-    return float(np.mean(regrets))
+    return np.array(regrets)
+
+
+def _clear_improvement(current: np.ndarray, candidate: np.ndarray) -> bool:
+    """The one-standard-error rule: the candidate's mean regret is lower by more than the standard error of the
+    per-scenario differences (a feature must earn its place by more than the noise of a small evidence table)."""
+    diff = current - candidate
+    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.inf
+    return float(diff.mean()) > se
 
 
 def fit(scenarios: Sequence[Scenario], candidates: Sequence[str] = DEFAULT_FEATURES,
@@ -207,16 +217,17 @@ def fit(scenarios: Sequence[Scenario], candidates: Sequence[str] = DEFAULT_FEATU
         return NearestModel(tuple(scenarios), (), math.inf, shrinkage)
     bandwidths = BANDWIDTHS if bandwidth is None else (bandwidth,)
     chosen: tuple[str, ...] = ()
-    best = (inner_regret(scenarios, (), math.inf, shrinkage), math.inf)
-    steps = [{"features": [], "bandwidth": None, "regret": best[0]}]
+    current, current_h = inner_regrets(scenarios, (), math.inf, shrinkage), math.inf
+    steps = [{"features": [], "bandwidth": None, "regret": float(current.mean())}]
     while len(chosen) < max_features:
-        trials = [(inner_regret(scenarios, chosen + (f,), h, shrinkage), -h, f, h)
-                  for f in candidates if f not in chosen for h in bandwidths]
+        trials = [(float(r.mean()), -h, f, h, r) for f in candidates if f not in chosen for h in bandwidths
+                  for r in [inner_regrets(scenarios, chosen + (f,), h, shrinkage)]]
         if not trials:
             break
-        regret, _, feature, h = min(trials)
-        if regret >= best[0] - 1e-9:
+        _, _, feature, h, regrets = min(trials, key=lambda t: t[:3])
+        if not _clear_improvement(current, regrets):
             break
-        chosen, best = chosen + (feature,), (regret, h)
-        steps.append({"features": list(chosen), "bandwidth": None if math.isinf(h) else h, "regret": regret})
-    return NearestModel(tuple(scenarios), chosen, best[1], shrinkage, steps)
+        chosen, current, current_h = chosen + (feature,), regrets, h
+        steps.append({"features": list(chosen), "bandwidth": None if math.isinf(h) else h,
+                      "regret": float(regrets.mean())})
+    return NearestModel(tuple(scenarios), chosen, current_h, shrinkage, steps)
