@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +90,12 @@ def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path) -> P
     return folder
 
 
+def wall_seconds(out: Path) -> int:
+    """The wall time of every command the run has finished, from its logs (an interrupted command's time is lost)."""
+    pattern = re.compile(r"\[exit 0 after (\d+) s\]")
+    return sum(int(m) for log in (out / "logs").glob("*.log") for m in pattern.findall(log.read_text()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="build root, models, fingerprints, compare runs")
@@ -126,7 +133,9 @@ def main() -> None:
     rows = [collect_row(spec, out) for spec in specs]
     rows = [row for row in rows if row is not None]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "python": platform.python_version()}
+               "cpus": os.cpu_count(), "python": platform.python_version(),
+               "wall_seconds": wall_seconds(out), "note": "wall_seconds: every shiftkit command of the run, summed "
+                                                          "(source models, fingerprints, compare grids)"}
     write_evidence(args.evidence, rows, protocol=protocol, machine=machine)
     print(f"{len(rows)} of {len(specs)} scenarios written to {args.evidence}")
 
