@@ -367,3 +367,15 @@ def test_confident_shift_is_raised_when_a_separable_target_is_no_less_confident(
     assert not confident_shift_flag(source, sure, 0.6).raised  # no strong covariate shift
     flag = confident_shift_flag(source, sure, None)
     assert flag.status == "not_assessed" and set(flag.affects) == {"ac", "atc", "doc", "cm_atc"}
+
+
+def test_the_headline_calls_the_estimate_an_upper_bound_under_confident_shift():
+    from shiftkit.report.estimate import headline
+
+    result = {"default_method": "ac", "level": 0.95, "measured": None,
+              "estimates": [{"method": "ac", "metric": "accuracy", "class": None, "estimate": 0.99,
+                             "interval": [0.98, 1.0], "withheld": None}],
+              "flags": [{"code": "confident_shift", "status": "raised"}]}
+    assert headline(result).endswith("(an upper bound: confident_shift raised)")
+    result["flags"][0]["status"] = "clear"
+    assert "upper bound" not in headline(result)

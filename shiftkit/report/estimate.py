@@ -38,6 +38,8 @@ def headline(result: dict) -> str:
     method = result["default_method"]
     row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
     text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
+    if any(f["code"] == "confident_shift" and f["status"] == "raised" for f in result["flags"]):
+        text += " (an upper bound: confident_shift raised)"
     if result["measured"]:
         text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
     return text
@@ -53,14 +55,16 @@ def accuracy_png(result: dict) -> bytes:
     high = np.array([r["interval"][1] if r["interval"] else r["estimate"] for r in rows])
     colours = ["#d62728" if r["method"] == result["default_method"] else "#1f77b4" for r in rows]
     for row_y, value, lo, hi, colour in zip(y, values, low, high, colours):
-        ax.errorbar([value], [row_y], xerr=[[value - lo], [hi - value]], fmt="none", ecolor=colour, capsize=3)
+        # a percentile interval can miss its own point estimate (a skewed or degenerate bootstrap): draw what exists
+        ax.errorbar([value], [row_y], xerr=[[max(value - lo, 0.0)], [max(hi - value, 0.0)]], fmt="none",
+                    ecolor=colour, capsize=3)
     ax.scatter(values, y, color=colours, zorder=3)
     if result["measured"]:
         ax.axvline(result["measured"]["accuracy"], color="#2ca02c", ls="--", label="measured with target labels")
         ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"target accuracy ({result['level']:.0%} bootstrap interval)")
+    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; ac, atc, doc: the hull of theirs)")
     ax.set_title("Estimated accuracy at the target, by method")
     fig.tight_layout()
     return figure_png(fig)
