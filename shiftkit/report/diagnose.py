@@ -106,7 +106,7 @@ def _recommendation_html(page: Page, _content, ctx: SectionContext) -> None:
                    "prints it again, `--verify` checks it on your labelled target images (README, Recommendation).",
                    "note")
     page.table(["#", "strategy", "expected gain (%)", "± uncertainty", "reasons"],
-               [[rank, a["strategy"], a["expected_gain"], a["uncertainty"], " • ".join(a["reasons"])]
+               [[rank, a["strategy"], f"{a['expected_gain']:+.1f}", f"{a['uncertainty']:.1f}", " • ".join(a["reasons"])]
                 for rank, a in enumerate(recommended["ranking"], start=1)])
     for note in recommended["notes"]:
         page.paragraph(note, "note")
