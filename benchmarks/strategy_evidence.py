@@ -1,7 +1,7 @@
 """Issue 18's evidence run: every strategy's target-test outcome, with the shift fingerprint, per scenario.
 
-For each scenario of the evidence slice (:data:`shiftkit.scenarios.EVIDENCE_SLICE`, at least 24 scenarios in at
-least 6 families), in order, each step resumable on its own:
+For each scenario of the evidence slice (:func:`shiftkit.scenarios.evidence_slice`: 29 scenarios in 7 families), in
+order, each step resumable on its own:
 
 1. ``build`` the scenario's files (deterministic; a rebuild writes the same bytes);
 2. ``start == "source"``: train the source checkpoint once per source (``shiftkit finetune source.csv --val
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="scenario names containing this text")
     parser.add_argument("--list", action="store_true", help="list the slice and exit")
     args = parser.parse_args()
+    if args.only and args.evidence == EVIDENCE_FILE and not args.list:
+        parser.error("--only writes a subset: give --evidence FILE so the packaged evidence is not overwritten")
     out = args.out.resolve()
     protocol = dict(EVIDENCE_PROTOCOL)
     specs = [s for s in evidence_slice() if not args.only or args.only in s.name]
@@ -123,9 +125,9 @@ def main() -> None:
                     if spec.start == "source" else None
                 fingerprint(spec, out, protocol, model, log)
                 compare(spec, out, protocol, model, log)
-            except SystemExit as exc:  # one scenario's failure does not hold up the others
+            except (SystemExit, Exception) as exc:  # one scenario's failure does not hold up the others
                 failed.append(spec.name)
-                print(f"[{number}/{len(specs)}] {spec.name}: {exc}", flush=True)
+                print(f"[{number}/{len(specs)}] {spec.name}: failed: {exc!r}", flush=True)
                 continue
             print(f"[{number}/{len(specs)}] {spec.name}: {time.time() - start:.0f} s", flush=True)
         if failed:

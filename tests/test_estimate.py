@@ -344,6 +344,13 @@ def test_consensus_intervals_are_the_hull_of_ac_atc_doc_and_keep_the_sampling_in
     assert by[("ac", "accuracy")].details["interval_from"] == "hull of the bootstrap intervals of ac, atc, doc"
     assert by[("source", "accuracy")].interval == (0.5, 0.9)  # the naive baseline keeps its own
     assert by[("ac", "ppv")].interval == (0.1, 0.2)  # only the same metric pools
+    # a NaN interval (an estimate not computable in the replicates) never poisons the others, wherever it comes
+    nan = float("nan")
+    widened = _consensus_intervals([result("ac", (nan, nan)), result("atc", (0.60, 0.75)), result("doc", (0.72, 0.85))])
+    by = {r.method: r for r in widened}
+    assert by["atc"].interval == by["doc"].interval == (0.60, 0.85)
+    assert by["atc"].details["interval_from"] == "hull of the bootstrap intervals of atc, doc"
+    assert np.isnan(by["ac"].interval[0])
 
 
 def test_doc_never_estimates_an_accuracy_above_one():
@@ -375,7 +382,10 @@ def test_the_headline_calls_the_estimate_an_upper_bound_under_confident_shift():
     result = {"default_method": "ac", "level": 0.95, "measured": None,
               "estimates": [{"method": "ac", "metric": "accuracy", "class": None, "estimate": 0.99,
                              "interval": [0.98, 1.0], "withheld": None}],
-              "flags": [{"code": "confident_shift", "status": "raised"}]}
+              "flags": [{"code": "confident_shift", "status": "raised", "affects": ["ac", "atc", "doc", "cm_atc"]}]}
     assert headline(result).endswith("(an upper bound: confident_shift raised)")
     result["flags"][0]["status"] = "clear"
+    assert "upper bound" not in headline(result)
+    result["flags"][0]["status"], result["default_method"] = "raised", "iw"  # not a confidence-based method
+    result["estimates"][0]["method"] = "iw"
     assert "upper bound" not in headline(result)

@@ -318,13 +318,28 @@ def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
     assert 0 < verification["cost_fraction"] < 1
     table = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
                                 "--verify", str(phantom_dir), "--out", str(tmp_path / "verify2"), "--epochs", "3",
-                                "--lrs", "1e-3"])
+                                "--lrs", "1e-3", "--top", "1"])  # --top shows one; --verify still searches three
     assert ("the data agrees" if planted_rank == 1 else "the data prefers #2") in table.output
 
 
 def test_verify_needs_a_report_and_an_out(phantom_dir, tmp_path):
     result = runner.invoke(app, ["recommend", "--evaluate", "--verify", str(phantom_dir)])
     assert result.exit_code == 2 and "--verify DATA needs a REPORT" in result.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train-size", "0"], "must be at least 1, got 0"),
+    (["--train-size", "-5"], "must be at least 1, got -5"),
+    (["--start", "nowhere"], "--start 'nowhere': choose imagenet or source"),
+    (["--init", "RUN", "--start", "imagenet"], "leave out --start imagenet"),
+])
+def test_bad_recommend_options_are_one_line_and_exit_2(tmp_path, extra, message):
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORT))
+    extra = [str(tmp_path) if x == "RUN" else x for x in extra]
+    result = runner.invoke(app, ["recommend", str(report), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize("content, message", [

@@ -102,23 +102,25 @@ def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict, 
     for name, value in options.items():
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]
-    quiet, console.quiet = console.quiet, quiet or console.quiet  # --json: only the JSON on stdout
+    was_quiet, console.quiet = console.quiet, quiet or console.quiet  # --json: only the JSON on stdout
     try:
         code = get_command(app).main(args, standalone_mode=False, prog_name="shiftkit")
     finally:
-        console.quiet = quiet
+        console.quiet = was_quiet
     if code:  # compare printed its one-line error
         raise typer.Exit(code)
-    search = json.loads((out / "search.json").read_text())
-    arch, result = next(iter(search["archs"].items()))
-    winner = result["winner"]["strategy"]
-    epochs = options.get("epochs") or 50
-    grid_epochs = len(STRATEGY_CLASSES) * len(parse_lrs(options.get("lrs") or "1e-3,1e-4,1e-5")) * epochs
-    return {"arms": arms, "arch": arch, "search_winner": winner, "search_winner_lr": result["winner"]["lr"],
+    try:
+        arch, result = next(iter(json.loads((out / "search.json").read_text())["archs"].items()))
+        winner, lr = result["winner"]["strategy"], result["winner"]["lr"]
+        epochs_run, wall = result["epochs_run"], result["wall_seconds"]
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise DataError(f"{out / 'search.json'}: cannot read the search's result ({exc!r})") from None
+    grid_epochs = len(STRATEGY_CLASSES) * len(parse_lrs(options["lrs"])) * options["epochs"]
+    return {"arms": arms, "arch": arch, "search_winner": winner, "search_winner_lr": lr,
             "recommended_first": ranked[0], "agrees": winner == ranked[0],
-            "winner_rank_in_recommendation": ranked.index(winner) + 1 if winner in ranked else None,
-            "epochs_run": result["epochs_run"], "wall_seconds": result["wall_seconds"],
-            "full_grid_epochs_one_seed": grid_epochs, "cost_fraction": result["epochs_run"] / grid_epochs}
+            "winner_rank_in_recommendation": ranked.index(winner) + 1,
+            "epochs_run": epochs_run, "wall_seconds": wall,
+            "full_grid_epochs_one_seed": grid_epochs, "cost_fraction": epochs_run / grid_epochs}
 
 
 def _print_verification(v: dict) -> None:
@@ -180,17 +182,22 @@ def recommend(
         arch = arch or (data.get("settings") or {}).get("arch")
         if not isinstance(arch, str) or not arch:
             raise ConfigError(f"{report}: the report names no architecture; give --arch")
-        if init is not None and start is None:
+        if init is not None:
+            if start == "imagenet":
+                raise ConfigError("--init starts from your source model: leave out --start imagenet")
             start = "source"
-        try:
-            output["recommendation"] = recommend_for_report(data, arch, budget=train_size, start=start,
-                                                            domain=domain, top=top, evidence=evidence)
+        try:  # the whole ranking: --verify searches its top K even when --top shows fewer
+            full = recommend_for_report(data, arch, budget=train_size, start=start, domain=domain,
+                                        evidence=evidence)
         except DataError as exc:
             raise DataError(f"{report}: {exc}") from None
+        if top is not None and top < 1:
+            raise ConfigError(f"--top {top} must be at least 1")
+        output["recommendation"] = {**full, "ranking": full["ranking"][:top] if top else full["ranking"]}
     if verify is not None:
         options = {"val": val, "test": test, "init": init, "lrs": lrs, "epochs": epochs, "image_size": image_size,
                    "cache_dir": cache_dir, "archs": None if init is not None else arch}
-        output["verification"] = _verify(output["recommendation"], verify, out, k, options, quiet=as_json)
+        output["verification"] = _verify(full, verify, out, k, options, quiet=as_json)
     if as_json:
         print(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
         return

@@ -14,7 +14,7 @@ def recommender_ranking(settings: CompareSettings, arch: str) -> tuple[list[str]
         from shiftkit.recommend.measured import facts_features, recommend_for_features
         from shiftkit.recommend.recommender import ShiftFacts
     except ImportError:
-        return list(STRATEGY_CLASSES), "registry order (shiftkit.recommend.recommender is not available)"
+        return list(STRATEGY_CLASSES), "registry order (shiftkit.recommend is not available)"
     from shiftkit.data.table import load_table
 
     table = load_table(settings.data)

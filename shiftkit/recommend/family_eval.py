@@ -26,9 +26,10 @@ from typing import Callable, Sequence
 from shiftkit.errors import DataError
 from shiftkit.recommend.nearest import NearestModel, family_splits, fit
 from shiftkit.recommend.scenario_evidence import STRATEGIES, Scenario
+from shiftkit.scenarios.evidence import EVIDENCE_PROTOCOL
 
 METHODS = ("recommender", "always ft", "always lp_ft", "best single strategy", "prior recommender", "oracle")
-ARCH = "efficientnet_lite0"
+PRIOR_ARCH = EVIDENCE_PROTOCOL["arch"]  # the architecture the prior recommender ranks for (the evidence's)
 
 
 def _pooled_order(train: Sequence[Scenario]) -> list[str]:
@@ -45,7 +46,7 @@ def _prior_ranking(scenario: Scenario) -> list[str] | None:
         return None
     from shiftkit.recommend.recommender import ShiftFacts, recommend
 
-    return [a.strategy for a in recommend(ShiftFacts(**scenario.facts), ARCH).ranking]
+    return [a.strategy for a in recommend(ShiftFacts(**scenario.facts), PRIOR_ARCH).ranking]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class HeldOut:
 @dataclass(frozen=True)
 class FamilyEvaluation:
     held_out: list[HeldOut] = field(hash=False)
-    bandwidths: dict[str, float | None] = field(hash=False)  # held-out family -> chosen bandwidth
+    models: dict[str, dict] = field(hash=False)  # held-out family -> the model fitted without it (features, bandwidth)
 
     def methods(self) -> list[str]:
         return [m for m in METHODS if all(m in h.rankings for h in self.held_out)]
@@ -94,7 +95,7 @@ class FamilyEvaluation:
             "scores": {m: self.score(m) for m in self.methods()},
             "by_family": {f: {m: self.score(m, f) for m in self.methods()} for f in families},
             "winners_by_family": self.winners_by_family(),
-            "bandwidths": self.bandwidths,
+            "models": self.models,
             "per_scenario": [{"name": h.scenario.name, "family": h.scenario.family,
                               "winners": list(h.scenario.winners()),
                               "first": {m: h.rankings[m][0] for m in self.methods()},
@@ -109,10 +110,11 @@ def leave_one_family_out(scenarios: Sequence[Scenario],
     if len(families) < 2:
         raise DataError(f"the scenario evidence holds {len(scenarios)} scenario(s) in {len(families)} family(ies): "
                         "leave-one-family-out needs at least two families (run benchmarks/strategy_evidence.py)")
-    held_out, bandwidths = [], {}
+    held_out, models = [], {}
     for family, train, held in family_splits(scenarios):
         model = fitter(train)
-        bandwidths[family] = None if model.bandwidth == float("inf") else model.bandwidth
+        models[family] = {"features": list(model.features),
+                          "bandwidth": None if model.bandwidth == float("inf") else model.bandwidth}
         order = _pooled_order(train)
         for scenario in held:
             rankings = {"recommender": model.rank(scenario.features),
@@ -123,4 +125,4 @@ def leave_one_family_out(scenarios: Sequence[Scenario],
             if prior is not None:
                 rankings["prior recommender"] = prior
             held_out.append(HeldOut(scenario, rankings))
-    return FamilyEvaluation(held_out, bandwidths)
+    return FamilyEvaluation(held_out, models)

@@ -14,12 +14,13 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from shiftkit.errors import ConfigError
+from shiftkit.errors import ConfigError, DataError
 from shiftkit.recommend.nearest import NearestModel, fit
+from shiftkit.scenarios.evidence import EVIDENCE_PROTOCOL
 from shiftkit.recommend.recommender import ShiftFacts, recommend, shift_notes
-from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, FEATURES, load_scenarios, shift_features
+from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, FEATURES, fact_features, load_scenarios, \
+    shift_features
 
-MEASURED_ARCH = "efficientnet_lite0"
 STARTS = ("imagenet", "source")
 UNIT = "relative gain over ft, percent of the main metric"
 
@@ -32,8 +33,7 @@ def evidence_model(path: Path = EVIDENCE_FILE) -> NearestModel:
 
 def facts_features(train_size: int, num_classes: int, start: str) -> dict[str, float]:
     """The features known before any image is diagnosed: the fingerprint's are unknown (NaN)."""
-    return {**{f: math.nan for f in FEATURES}, "log2_budget": math.log2(max(train_size, 1)),
-            "n_classes": float(num_classes), "from_source": 1.0 if start == "source" else 0.0}
+    return {**{f: math.nan for f in FEATURES}, **fact_features(train_size, num_classes, start)}
 
 
 def default_start(report: dict) -> str:
@@ -55,7 +55,7 @@ def recommend_for_report(report: dict, arch: str, budget: int | None = None, sta
     start = start or default_start(report)
     if start not in STARTS:
         raise ConfigError(f"--start '{start}': choose imagenet or source")
-    budget = budget or default_budget(report)
+    budget = default_budget(report) if budget is None else budget
     features = shift_features(report, budget, start)
     facts = ShiftFacts.from_report(report)
     facts = replace(facts, train_size=budget, domain=domain or facts.domain)
@@ -67,10 +67,15 @@ def recommend_for_features(features: dict[str, float], facts: ShiftFacts, arch: 
     """The ranking from measured features (unknown ones NaN) and the dataset facts."""
     if top is not None and top < 1:
         raise ConfigError(f"--top {top} must be at least 1")
-    scenarios = load_scenarios(evidence)
-    if not scenarios:  # no measured evidence shipped: the published recommender alone
+    try:
+        scenarios = load_scenarios(evidence)
+        why = None if scenarios else f"{evidence} holds no measured scenario"
+    except DataError as exc:  # a damaged install must not cost a finished diagnose its report
+        scenarios, why = [], str(exc)
+    if why:  # the published recommender alone
         published = recommend(facts, arch, top=top).to_dict()
-        published["notes"].append(f"{evidence} holds no measured scenario: the ranking rests on the published cases")
+        published["notes"].append(f"{why}: the ranking rests on the published cases"
+                                  + (", all of them fine-tuned from ImageNet" if start == "source" else ""))
         return {**published, "start": start}
     model = evidence_model(evidence)
     advice = model.advise(features)
@@ -85,8 +90,12 @@ def recommend_for_features(features: dict[str, float], facts: ShiftFacts, arch: 
     if missing:
         notes.append(f"not measured in this report: {', '.join(missing)} (run `shiftkit diagnose --fingerprint`); "
                      "the ranking leans on the other features and the pooled evidence")
-    if arch != MEASURED_ARCH:
-        notes.append(f"the scenario evidence was measured with {MEASURED_ARCH} at 64 px; {arch} may differ")
+    if not any(s.start == start for s in scenarios):
+        notes.append(f"no measured scenario starts from {'the source model' if start == 'source' else 'ImageNet'}: "
+                     "the ranking borrows from the other starting point")
+    if arch != EVIDENCE_PROTOCOL["arch"]:
+        notes.append(f"the scenario evidence was measured with {EVIDENCE_PROTOCOL['arch']} at "
+                     f"{EVIDENCE_PROTOCOL['image_size']} px; {arch} may differ")
     if not model.features:
         notes.append("no fingerprint feature improved the leave-one-family-out regret on the evidence: the ranking "
                      "is the best single strategy's over all measured scenarios")

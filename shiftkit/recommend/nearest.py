@@ -15,7 +15,8 @@ hand:
    chosen by an inner leave-one-family-out over the scenarios being fitted, minimising the mean regret of the first
    strategy. Starting from no feature at all (the best single strategy), a feature joins only when it lowers that
    regret by more than one standard error of the per-scenario differences: the kernel must earn its place on
-   families it was not fitted to, by more than the noise of a small table.
+   families it was not fitted to, by more than the noise of a small table. Below :data:`MIN_FAMILIES` families or
+   :data:`MIN_SCENARIOS` scenarios nothing is selected (the best of 50 trials on a handful of scenarios is noise).
 5. The reasons name the most similar scenarios, how many of them each strategy won (within one standard error of
    the best), and the chosen features' values: yours against theirs.
 
@@ -26,6 +27,7 @@ the shrinkage and the family-wise selection are the point, and they are a few li
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,6 +39,7 @@ from shiftkit.recommend.scenario_evidence import FEATURES, STRATEGIES, LABELS, S
 BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, math.inf)
 SHRINKAGE = 0.5
 MAX_FEATURES = 3
+MIN_FAMILIES, MIN_SCENARIOS = 4, 12  # below these, the best of 50 (feature, bandwidth) trials is mostly noise
 NEIGHBOURS = 8  # scenarios the reasons name and count
 DEFAULT_FEATURES = tuple(FEATURES)
 
@@ -70,8 +73,11 @@ class NearestModel:
 
     def __post_init__(self) -> None:
         raw = _matrix(self.scenarios, self.features)
-        center = np.nanmean(raw, axis=0) if raw.size else np.zeros(0)
-        scale = np.nanstd(raw, axis=0, ddof=1) if len(self.scenarios) > 1 and raw.size else np.ones(len(self.features))
+        with warnings.catch_warnings():  # a feature no scenario measured: its centre is NaN, then 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            center = np.nanmean(raw, axis=0) if raw.size else np.zeros(0)
+            scale = (np.nanstd(raw, axis=0, ddof=1) if len(self.scenarios) > 1 and raw.size
+                     else np.ones(len(self.features)))
         scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
         object.__setattr__(self, "_center", np.nan_to_num(center))
         object.__setattr__(self, "_scale", scale)
@@ -114,16 +120,20 @@ class NearestModel:
         return sorted(STRATEGIES, key=lambda s: (-expected[s][0], STRATEGIES.index(s)))
 
     def neighbours(self, features: dict[str, float], k: int = NEIGHBOURS) -> list[tuple[Scenario, float]]:
-        """The k most similar scenarios with their distances, nearest first (all, equally near, with no feature)."""
+        """The k most similar scenarios with their distances, nearest first; none when no chosen feature is known
+        on both sides (then no scenario is nearer than another)."""
         d = self.distances(self._query(features))[0]
-        order = sorted(range(len(self.scenarios)), key=lambda i: (d[i], self.scenarios[i].name))
+        order = sorted((i for i in range(len(self.scenarios)) if np.isfinite(d[i])),
+                       key=lambda i: (d[i], self.scenarios[i].name))
         return [(self.scenarios[i], float(d[i])) for i in order[:k]]
 
     def advise(self, features: dict[str, float]) -> list[dict]:
         """The ranking with expected gains, uncertainties and checkable reasons, best first."""
         expected = self.expected(features)
-        near = self.neighbours(features) if self.features else [(s, 0.0) for s in self.scenarios]
-        which = "most similar measured scenarios" if self.features else "measured scenarios"
+        near = self.neighbours(features) if self.features else []
+        which = "most similar measured scenarios"
+        if not near:  # no feature to compare by: every scenario counts alike
+            near, which = [(s, 0.0) for s in self.scenarios], "measured scenarios"
         ranking = self.rank(features)
         resemblance = self._resemblance(features, [s for s, _ in near])
         advice = []
@@ -167,7 +177,9 @@ def family_splits(scenarios: Sequence[Scenario]) -> list[tuple[str, list[Scenari
 
 
 def check_no_leak(train: Sequence[Scenario], held_out: Sequence[Scenario]) -> None:
-    """Refuse a split in which a held-out scenario, or its target data, also sits in the training set."""
+    """Refuse a split in which a held-out scenario, or its target data (``variant``: the same images with the same
+    shift), also sits in the training set. The same base images under another shift (blurred here, relabelled
+    there) are another variant and pass: families are held out by the kind of shift."""
     names = {s.name for s in train}
     variants = {s.variant: s for s in train}
     for s in held_out:
@@ -213,8 +225,8 @@ def fit(scenarios: Sequence[Scenario], candidates: Sequence[str] = DEFAULT_FEATU
     if not select:
         return NearestModel(tuple(scenarios), tuple(candidates), math.inf if bandwidth is None else bandwidth,
                             shrinkage)
-    if len({s.family for s in scenarios}) < 3:  # an inner split needs two training families
-        return NearestModel(tuple(scenarios), (), math.inf, shrinkage)
+    if len({s.family for s in scenarios}) < MIN_FAMILIES or len(scenarios) < MIN_SCENARIOS:
+        return NearestModel(tuple(scenarios), (), math.inf, shrinkage)  # too little to choose features from
     bandwidths = BANDWIDTHS if bandwidth is None else (bandwidth,)
     chosen: tuple[str, ...] = ()
     current, current_h = inner_regrets(scenarios, (), math.inf, shrinkage), math.inf

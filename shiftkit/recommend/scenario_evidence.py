@@ -3,7 +3,8 @@
 A second source of evidence, separate from the paper's published tables (:mod:`shiftkit.recommend.evidence`): the
 scenarios of :func:`shiftkit.scenarios.evidence_slice`, each diagnosed (``shiftkit diagnose --fingerprint``) and
 fine-tuned with every strategy (``shiftkit compare``) by ``benchmarks/strategy_evidence.py``. The file is JSON lines,
-one scenario a line (``data/scenario_evidence.jsonl``); ``data/README.md`` names the command and the machine.
+one scenario a line (``data/scenario_evidence.jsonl``, unmeasured features as null); ``data/scenario_evidence.md``
+names the command and the protocol, ``data/scenario_evidence.meta.json`` the machine.
 
 :func:`shift_features` turns a ``diagnose`` report into the few numbers the recommender compares scenarios by; the
 same function reads the user's report at recommendation time, so evidence and query are measured alike.
@@ -16,11 +17,12 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from shiftkit.errors import DataError
+from shiftkit.errors import ConfigError, DataError
 from shiftkit.io import write_text
+from shiftkit.recommend.evidence import PUBLISHED_STRATEGIES
 
 EVIDENCE_FILE = Path(__file__).parent / "data" / "scenario_evidence.jsonl"
-STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
+STRATEGIES = PUBLISHED_STRATEGIES  # the eight strategies, in the paper's order (ties are broken by it)
 LEVEL_VALUE = {"none": 0.0, "mild": 0.5, "strong": 1.0}
 DOMAIN_OF_DATASET = {"pneumoniamnist": "X-ray", "breastmnist": "Ultrasound", "ham10000": "Dermoscopy"}
 
@@ -108,7 +110,8 @@ class Scenario:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "family": self.family, "variant": self.variant, "dataset": self.dataset,
-                "start": self.start, "budget": self.budget, "metric": self.metric, "features": self.features,
+                "start": self.start, "budget": self.budget, "metric": self.metric,
+                "features": {k: v if math.isfinite(v) else None for k, v in self.features.items()},
                 "summary": self.summary, "facts": self.facts,
                 "outcomes": {s: {"mean": o.mean, "se": o.se, "n": o.n, "lr": o.lr} for s, o in self.outcomes.items()}}
 
@@ -120,7 +123,8 @@ class Scenario:
             return cls(name=str(data["name"]), family=str(data["family"]), variant=str(data["variant"]),
                        dataset=str(data["dataset"]), start=str(data["start"]), budget=int(data["budget"]),
                        metric=str(data["metric"]), summary=str(data.get("summary", "")), facts=data.get("facts"),
-                       features={k: float(v) for k, v in data["features"].items()}, outcomes=outcomes)
+                       features={k: math.nan if v is None else float(v) for k, v in data["features"].items()},
+                       outcomes=outcomes)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"scenario evidence row {data.get('name', '?')!r}: {exc!r}") from None
 
@@ -158,10 +162,16 @@ def shift_features(report: dict, budget: int, start: str) -> dict[str, float]:
         "probe_auroc": float(probe.get("value", nan)),
         "label_shift": float(label_shift),
         "concept": LEVEL_VALUE.get(concept, nan),
-        "log2_budget": math.log2(budget),
-        "n_classes": float(len(dataset.get("classes") or []) or nan),
-        "from_source": 1.0 if start == "source" else 0.0,
+        **fact_features(budget, len(dataset.get("classes") or []), start),
     }
+
+
+def fact_features(budget: int, n_classes: int, start: str) -> dict[str, float]:
+    """The features known before any image is diagnosed: labelled target images, classes, starting point."""
+    if budget < 1:
+        raise ConfigError(f"labelled target images (--train-size) must be at least 1, got {budget}")
+    return {"log2_budget": math.log2(budget), "n_classes": float(n_classes) if n_classes else math.nan,
+            "from_source": 1.0 if start == "source" else 0.0}
 
 
 def collect_row(spec, out: Path) -> dict | None:
@@ -185,9 +195,10 @@ def collect_row(spec, out: Path) -> dict | None:
 
     facts = replace(ShiftFacts.from_report(report), train_size=spec.budget,
                     domain=DOMAIN_OF_DATASET.get(spec.dataset)).to_dict()
+    features = shift_features(report, spec.budget, spec.start)
     return {"name": spec.name, "family": spec.family, "variant": spec.variant_key, "dataset": spec.dataset,
             "start": spec.start, "budget": spec.budget, "metric": metric, "facts": facts,
-            "features": shift_features(report, spec.budget, spec.start),
+            "features": {k: v if math.isfinite(v) else None for k, v in features.items()},
             "summary": (report.get("fingerprint") or {}).get("summary", ""), "outcomes": outcomes}
 
 

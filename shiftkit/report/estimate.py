@@ -38,7 +38,8 @@ def headline(result: dict) -> str:
     method = result["default_method"]
     row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
     text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
-    if any(f["code"] == "confident_shift" and f["status"] == "raised" for f in result["flags"]):
+    if any(f["code"] == "confident_shift" and f["status"] == "raised" and method in f.get("affects", [method])
+           for f in result["flags"]):
         text += " (an upper bound: confident_shift raised)"
     if result["measured"]:
         text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
