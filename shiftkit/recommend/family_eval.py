@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from shiftkit.errors import DataError
 from shiftkit.recommend.nearest import NearestModel, family_splits, fit
-from shiftkit.recommend.scenario_evidence import STRATEGIES, Scenario
+from shiftkit.recommend.scenario_evidence import Scenario
 from shiftkit.scenarios.evidence import EVIDENCE_PROTOCOL
 
 METHODS = ("recommender", "always ft", "always lp_ft", "best single strategy", "prior recommender", "oracle")
@@ -33,8 +33,8 @@ PRIOR_ARCH = EVIDENCE_PROTOCOL["arch"]  # the architecture the prior recommender
 
 
 def _pooled_order(train: Sequence[Scenario]) -> list[str]:
-    means = {s: sum(x.gain(s) for x in train) / len(train) for s in STRATEGIES}
-    return sorted(STRATEGIES, key=lambda s: (-means[s], STRATEGIES.index(s)))
+    """The best single strategy's order: the recommender without any feature (every scenario weighs the same)."""
+    return fit(train, candidates=(), select=False).rank({})
 
 
 def _constant(first: str, order: list[str]) -> list[str]:
