@@ -18,6 +18,7 @@ from shiftkit.audit.features_table import (
     site_effects,
 )
 from shiftkit.cli import app
+from shiftkit.harmonize.outputs import write_manifest
 
 runner = CliRunner()
 SITES = ("ge", "siemens", "philips")
@@ -139,10 +140,7 @@ def test_bad_tables_fail_with_one_line_and_exit_2(tmp_path, case, message):
     elif case == "small_site":
         rows = [r for r in rows if r["scanner"] != "philips"] + [r for r in rows if r["scanner"] == "philips"][:2]
     path = tmp_path / "table.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(path, rows, list(rows[0]))
     result = runner.invoke(app, ["audit", str(path), "--site-column", "scanner", "--features-table",
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output

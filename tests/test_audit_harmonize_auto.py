@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from shiftkit.cli import app
 from shiftkit.data.synthetic import make_image
+from shiftkit.harmonize.outputs import write_manifest
 
 runner = CliRunner()
 PER_SITE, SIZE = 48, 32  # 24 held out per site when choosing
@@ -46,10 +47,7 @@ def write_sites(root: Path) -> Path:
             Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8)).save(root / site / f"{i:02d}.png")
             rows.append({"path": f"{site}/{i:02d}.png", "diagnosis": kind, "hospital": site})
     manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(manifest, rows, list(rows[0]))
     return manifest
 
 

@@ -4,7 +4,6 @@ runs end to end on tiny generated images."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from shiftkit.audit.priors import label_shift, total_variation
 from shiftkit.audit.site_metadata import column_metadata
 from shiftkit.cli import app
 from shiftkit.data.synthetic import make_image
+from shiftkit.harmonize.outputs import write_manifest
 
 runner = CliRunner()
 FAST = dict(permutations=200, ot_permutations=100, ot_projections=50)
@@ -138,10 +138,7 @@ def write_sites(root: Path, per_site: int = 10, sites=("north", "south", "west")
             rows.append({"path": f"{site}/{i:02d}.png", "diagnosis": kind, "hospital": site,
                          "age": str(40 + i + (20 if site == odd else 0))})
     manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(manifest, rows, list(rows[0]))
     return manifest
 
 

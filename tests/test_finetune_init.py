@@ -190,12 +190,7 @@ def test_a_new_head_is_still_pulled_toward_zero(phantom_dir, source_run):
 
 
 # -- one-line refusals -------------------------------------------------------------------------------------------
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
+from test_cli_finetune import _error_line  # noqa: E402  (one definition of a one-line refusal)
 
 
 FAST = ["--image-size", "32", "--batch-size", "8", "--device", "cpu", "--epochs", "1"]

@@ -28,7 +28,10 @@ UNIT = "relative gain over ft, percent of the main metric"
 @lru_cache(maxsize=4)
 def evidence_model(path: Path = EVIDENCE_FILE) -> NearestModel:
     """The recommender fitted to all of the scenario evidence (features and bandwidth chosen family-wise)."""
-    return fit(load_scenarios(path))
+    scenarios = load_scenarios(path)
+    if not scenarios:
+        raise DataError(f"{path} holds no measured scenario")
+    return fit(scenarios)
 
 
 def facts_features(train_size: int, num_classes: int, start: str) -> dict[str, float]:
@@ -68,16 +71,13 @@ def recommend_for_features(features: dict[str, float], facts: ShiftFacts, arch: 
     if top is not None and top < 1:
         raise ConfigError(f"--top {top} must be at least 1")
     try:
-        scenarios = load_scenarios(evidence)
-        why = None if scenarios else f"{evidence} holds no measured scenario"
-    except DataError as exc:  # a damaged install must not cost a finished diagnose its report
-        scenarios, why = [], str(exc)
-    if why:  # the published recommender alone
+        model = evidence_model(evidence)
+    except DataError as exc:  # no or damaged evidence must not cost a finished diagnose its report
         published = recommend(facts, arch, top=top).to_dict()
-        published["notes"].append(f"{why}: the ranking rests on the published cases"
+        published["notes"].append(f"{exc}: the ranking rests on the published cases"
                                   + (", all of them fine-tuned from ImageNet" if start == "source" else ""))
         return {**published, "start": start}
-    model = evidence_model(evidence)
+    scenarios = model.scenarios
     advice = model.advise(features)
     notes = []
     if start == "imagenet":
