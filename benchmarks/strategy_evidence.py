@@ -19,6 +19,14 @@ error over seeds, the chosen learning rate). Run it again after an interruption:
 
     python3 benchmarks/strategy_evidence.py --out /work/runs/evidence             # the whole slice, resumable
     python3 benchmarks/strategy_evidence.py --out /work/runs/evidence --collect   # the evidence file only
+
+On several machines sharing OUT, steps 1-3 run once (``--prepare``), then each machine runs its share of every
+scenario's grid through compare's own ``--shard I/N`` (runs I, I+N, ... of each grid), and ``--collect`` merges the
+shards (``compare --report-only``) before it writes the evidence:
+
+    python3 benchmarks/strategy_evidence.py --out /shared/evidence --prepare
+    python3 benchmarks/strategy_evidence.py --out /shared/evidence --shard $SLURM_ARRAY_TASK_ID/8
+    python3 benchmarks/strategy_evidence.py --out /shared/evidence --collect
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ import sys
 import time
 from pathlib import Path
 
-from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, collect_row, write_evidence
+from shiftkit.compare.grid import parse_shard
+from shiftkit.errors import ConfigError
+from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, collect_row, grid_finished, write_evidence
 from shiftkit.scenarios import EVIDENCE_PROTOCOL, build, evidence_slice
 
 PY = [sys.executable, "-m", "shiftkit"]
@@ -77,17 +87,30 @@ def fingerprint(spec, out: Path, protocol: dict, model: Path | None, log: Path) 
     return folder
 
 
-def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path) -> Path:
+def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The scenario's grid; ``extra``: ``("--shard", "I/N")`` for one machine's share, ``("--report-only",)`` to
+    merge every shard's recorded runs into the tables."""
     folder = out / "compare" / spec.name
-    if not (folder / "compare.json").exists():
+    if not grid_finished(folder):
         command = PY + ["compare", str(out / spec.target), "--val", str(out / spec.val), "--test", str(out / spec.test),
                         "--lrs", protocol["lrs"], "--seeds", str(protocol["seeds"]),
                         "--epochs", str(protocol["epochs"]), "--patience", str(protocol["patience"]),
                         "--batch-size", str(protocol["batch_size"]), "--image-size", str(protocol["image_size"]),
                         "--cache-dir", str(out / "cache"), "--out", str(folder)]
         command += ["--init", str(model)] if model else ["--archs", protocol["arch"]]
-        _run(command, log)
+        _run(command + list(extra), log)
     return folder
+
+
+def prepared(spec, out: Path) -> Path | None:
+    """The source model a sharded grid starts from (None from ImageNet); SystemExit when ``--prepare`` has not run."""
+    model = out / "models" / spec.source_key if spec.start == "source" else None
+    needed = [out / spec.target, out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"]
+    needed += [model / "metrics.json"] if model else []
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        raise SystemExit(f"{missing[0]} is missing: run --prepare once before the shards")
+    return model
 
 
 def wall_seconds(out: Path) -> int:
@@ -103,7 +126,17 @@ def main() -> None:
     parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE, help="where --collect writes")
     parser.add_argument("--only", default=None, help="scenario names containing this text")
     parser.add_argument("--list", action="store_true", help="list the slice and exit")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only the files, source models and fingerprints (before --shard on several machines)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="this machine's share of every grid (compare --shard I/N); run --prepare first")
     args = parser.parse_args()
+    try:
+        parse_shard(args.shard)
+    except ConfigError as error:
+        parser.error(str(error))
+    if args.prepare and args.shard:
+        parser.error("--prepare runs once, before the shards: leave out --shard")
     if args.only and args.evidence == EVIDENCE_FILE and not args.list:
         parser.error("--only writes a subset: give --evidence FILE so the packaged evidence is not overwritten")
     out = args.out.resolve()
@@ -120,11 +153,15 @@ def main() -> None:
             log = out / "logs" / f"{spec.name}.log"
             start = time.time()
             try:
-                build(spec, out)
-                model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
-                    if spec.start == "source" else None
-                fingerprint(spec, out, protocol, model, log)
-                compare(spec, out, protocol, model, log)
+                if args.shard:
+                    compare(spec, out, protocol, prepared(spec, out), log, ("--shard", args.shard))
+                else:
+                    build(spec, out)
+                    model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
+                        if spec.start == "source" else None
+                    fingerprint(spec, out, protocol, model, log)
+                    if not args.prepare:
+                        compare(spec, out, protocol, model, log)
             except (SystemExit, Exception) as exc:  # one scenario's failure does not hold up the others
                 failed.append(spec.name)
                 print(f"[{number}/{len(specs)}] {spec.name}: failed: {exc!r}", flush=True)
@@ -132,6 +169,17 @@ def main() -> None:
             print(f"[{number}/{len(specs)}] {spec.name}: {time.time() - start:.0f} s", flush=True)
         if failed:
             print(f"{len(failed)} scenario(s) failed: {', '.join(failed)}", flush=True)
+        if args.prepare or args.shard:
+            return
+    else:  # merge sharded grids; one with runs still missing lists them, and collect_row leaves it out
+        for spec in specs:
+            folder = out / "compare" / spec.name
+            if list(folder.glob("runs-shard-*.jsonl")) and not grid_finished(folder):
+                try:
+                    compare(spec, out, protocol, prepared(spec, out), out / "logs" / f"{spec.name}.log",
+                            ("--report-only",))
+                except SystemExit as exc:
+                    print(f"{spec.name}: not merged: {exc}", flush=True)
     rows = [collect_row(spec, out) for spec in specs]
     rows = [row for row in rows if row is not None]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -133,3 +133,17 @@ def test_a_query_without_the_chosen_features_claims_no_similar_scenarios():
 def test_too_little_evidence_selects_no_feature():
     assert fit(planted_table(families=3, per_family=8)).features == ()  # 3 families: below MIN_FAMILIES
     assert fit(planted_table(families=5, per_family=2)).features == ()  # 10 scenarios: below MIN_SCENARIOS
+
+
+def test_a_grid_with_missing_runs_is_not_evidence(tmp_path):
+    """A ``compare --report-only`` merge of unfinished shards writes its tables with the missing runs listed: such a
+    grid must not enter the evidence (its winners would come from part of the strategies)."""
+    from shiftkit.recommend.scenario_evidence import grid_finished
+
+    assert not grid_finished(tmp_path)  # nothing written yet
+    (tmp_path / "compare.json").write_text(json.dumps({"missing": ["efficientnet_lite0/ft/lr0.001_seed1"]}))
+    assert not grid_finished(tmp_path)
+    (tmp_path / "compare.json").write_text(json.dumps({"missing": []}))
+    assert grid_finished(tmp_path)
+    (tmp_path / "compare.json").write_text("{not json")
+    assert not grid_finished(tmp_path)

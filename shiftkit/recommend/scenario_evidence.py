@@ -174,11 +174,20 @@ def fact_features(budget: int, n_classes: int, start: str) -> dict[str, float]:
             "from_source": 1.0 if start == "source" else 0.0}
 
 
+def grid_finished(folder: Path) -> bool:
+    """Whether ``compare`` wrote FOLDER's tables with every planned run recorded (a ``--report-only`` merge of
+    unfinished shards writes them too, with the missing runs listed)."""
+    try:
+        return not json.loads((folder / "compare.json").read_text())["missing"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def collect_row(spec, out: Path) -> dict | None:
     """The evidence row of one finished scenario under the runner's OUT (None while it is unfinished)."""
     compare_json = out / "compare" / spec.name / "compare.json"
     report_json = out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"
-    if not compare_json.exists() or not report_json.exists():
+    if not grid_finished(compare_json.parent) or not report_json.exists():
         return None
     table = json.loads(compare_json.read_text())["table"]
     report = json.loads(report_json.read_text())
