@@ -3,10 +3,13 @@
 One HAM10000 site (rosendahl, its five classes with >= 100 images) is split in two halves, stratified and seeded:
 the source half keeps the site's priors, the target half is subsampled (without replacement) to planted priors.
 There is no covariate shift beyond what the priors cause. Per planted prior and seed, each prior estimator
-(EM-BCTS, BBSE, RLLS) runs on EfficientNet-Lite0 ImageNet embeddings (128 px, the images' native size) with each
-source classifier: the former default (logistic regression, C = 1) and the current default (C chosen by
-cross-validated log-loss, balanced class weights). Reported: mean L1 error of the estimated priors, and how often
-the 95 % bootstrap interval covers each class's planted prior.
+(EM-BCTS, BBSE, RLLS) runs on EfficientNet-Lite0 ImageNet features (128 px, the images' native size) with each
+source classifier, from the oldest default to today's: logistic regression with C = 1 on the embedding and a 30 %
+held-out split; C chosen by cross-validated log-loss with balanced class weights (same split); the same cross-fitted
+(every source image held out once); and today's default, cross-fitted on the representation with the better
+cross-validated log-loss (the embedding or the early blocks' channel statistics, from the same forward pass).
+Reported: mean L1 error of the estimated priors, and how often the 95 % bootstrap interval covers each class's
+planted prior.
 
     python3 benchmarks/prior_estimate_ham.py --out /work/runs/prior_ham --seeds 5
 """
@@ -28,15 +31,20 @@ PLANTED = {  # the issue's case (mel 0.25, nv 0.55) and two more
     "nv_heavy": {"akiec": 0.02, "bcc": 0.03, "bkl": 0.05, "mel": 0.05, "nv": 0.85},
     "flat": {c: 0.2 for c in CLASSES},
 }
-CLASSIFIERS = {"C=1 (former default)": {"C": 1.0, "class_weight": None},
-               "cross-validated C, balanced (default)": {}}
+CLASSIFIERS = {  # name: (SourceClassifier.fit options, representation: "embedding" or chosen by log-loss)
+    "C=1, 30 % held out (first default)": ({"C": 1.0, "class_weight": None, "held_out": 0.3}, "embedding"),
+    "cross-validated C, balanced, 30 % held out": ({"held_out": 0.3}, "embedding"),
+    "cross-fitted, embedding": ({}, "embedding"),
+    "cross-fitted, representation by log-loss (default)": ({}, "chosen"),
+}
 
 
-def embeddings(out: Path, site: str, device: str) -> tuple[np.ndarray, np.ndarray]:
+def representations(out: Path, site: str, device: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     from shiftkit.data.table import load_table
     from shiftkit.features import extract
     from shiftkit.finetune.trainer import resolve_device
     from shiftkit.models.registry import build_model
+    from shiftkit.shift.diagnose import prior_representations
 
     rows = [r for r in csv.DictReader(open(SHARED / "ham10000_sites" / "metadata.csv"))
             if r["site"] == site and r["label"] in CLASSES]
@@ -47,8 +55,9 @@ def embeddings(out: Path, site: str, device: str) -> tuple[np.ndarray, np.ndarra
         writer.writerows((SHARED / "ham10000_sites" / r["path"], r["label"]) for r in rows)
     table = load_table(manifest)
     adapted = build_model("efficientnet_lite0", 1, "imagenet", 128)
-    rep = extract(table, adapted, resolve_device(device), cache_dir=out / "cache")
-    return rep.embeddings.astype(np.float64), np.array([r.labels[0] for r in table.records])
+    rep = extract(table, adapted, resolve_device(device), cache_dir=out / "cache", blocks=True)
+    candidates = {name: x.astype(np.float64) for name, x in prior_representations(rep).items()}
+    return candidates, np.array([r.labels[0] for r in table.records])
 
 
 def planted_target(rng: np.random.Generator, labels: np.ndarray, rows: np.ndarray, prior: dict,
@@ -103,7 +112,7 @@ def checkpoint_rows(model: Path, split: Path, seeds: int, bootstrap: int) -> lis
 def main() -> None:
     from sklearn.model_selection import train_test_split
 
-    from shiftkit.shift.label import METHODS, SourceClassifier, estimate_label_shift
+    from shiftkit.shift.label import METHODS, SourceClassifier, choose_representation, estimate_label_shift
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/prior_ham"))
@@ -115,12 +124,16 @@ def main() -> None:
                         help="also: estimate_models.py's rosendahl_multiclass folder (its model/, cal.csv, val.csv)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    x, y = embeddings(args.out, args.site, args.device)
+    candidates, y = representations(args.out, args.site, args.device)
     results = []
     for seed in range(args.seeds):
         source_rows, target_rows = train_test_split(np.arange(len(y)), test_size=0.5, stratify=y, random_state=seed)
-        for name, options in CLASSIFIERS.items():
+        for name, (options, representation) in CLASSIFIERS.items():
             started = time.perf_counter()
+            if representation == "chosen":
+                representation = choose_representation({k: v[source_rows] for k, v in candidates.items()},
+                                                       y[source_rows], CLASSES, seed=seed)
+            x = candidates[representation]
             classifier = SourceClassifier.fit(x[source_rows], y[source_rows], CLASSES, seed=seed, **options)
             fit_seconds = time.perf_counter() - started
             for planted_name, prior in PLANTED.items():
@@ -137,6 +150,7 @@ def main() -> None:
                                     "held_out_accuracy": classifier.details["held_out_accuracy"],
                                     "balanced_accuracy": classifier.details.get("held_out_balanced_accuracy"),
                                     "C": classifier.details["C"], "fit_seconds": round(fit_seconds, 2),
+                                    "representation": representation,
                                     "l1": float(np.abs(estimate - truth).sum()),
                                     "coverage": float(np.mean(covered)), "all_covered": bool(all(covered))})
         print(f"seed {seed} done", flush=True)
@@ -145,15 +159,19 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n{args.site}: {len(y)} images, source half {results[0]['n_source']}; mean over {args.seeds} seeds x "
           f"{len(PLANTED)} planted priors")
-    print(f"{'classifier':40s} {'method':8s} {'n_src':>5s} {'acc':>5s} {'L1':>6s} {'worst L1':>8s} "
+    print(f"{'classifier':52s} {'method':8s} {'n_src':>5s} {'acc':>5s} {'L1':>6s} {'worst L1':>8s} "
           f"{'class CI coverage':>17s}")
-    for name in sorted({r["classifier"] for r in results}, key=lambda n: n.startswith("fine")):
+    for name in list(CLASSIFIERS) + ["fine-tuned checkpoint (lp_ft)"] * (args.checkpoint_split is not None):
         for method in METHODS:
             rows = [r for r in results if r["classifier"] == name and r["method"] == method]
-            print(f"{name:40s} {method:8s} {rows[0]['n_source']:5d} "
+            print(f"{name:52s} {method:8s} {rows[0]['n_source']:5d} "
                   f"{np.mean([r['held_out_accuracy'] for r in rows]):5.2f} "
                   f"{np.mean([r['l1'] for r in rows]):6.3f} {np.max([r['l1'] for r in rows]):8.3f} "
                   f"{np.mean([r['coverage'] for r in rows]):17.2f}")
+    chosen = [r["representation"] for r in results if r.get("representation") and r["method"] == METHODS[0]
+              and r["classifier"].endswith("(default)")]
+    print("default's representation, per seed x planted prior:",
+          {name: chosen.count(name) for name in sorted(set(chosen))})
 
 
 if __name__ == "__main__":

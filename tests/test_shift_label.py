@@ -91,7 +91,7 @@ def test_result_is_deterministic_and_json_ready(planted):
     for key in ("method", "classes", "source_prior", "target_prior", "ci", "weights", "statistic", "p_value",
                 "n_source", "n_target", "bootstrap", "seed", "details"):
         assert key in payload
-    assert payload["n_source"] == 450 and payload["n_target"] == 1000
+    assert payload["n_source"] == 1500 and payload["n_target"] == 1000  # cross-fitting holds out every source image
 
 
 def test_no_label_shift_rejects_at_about_the_nominal_rate():

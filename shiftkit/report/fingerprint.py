@@ -21,6 +21,8 @@ def _measure(ctx: SectionContext) -> dict | None:
     from shiftkit.shift.fingerprint import measure_fingerprint
 
     settings = ctx.profile.settings
+    if not settings.get("fingerprint"):  # blocks may have been extracted for the prior estimates alone
+        return None
     fingerprint = measure_fingerprint(ctx.data, seed=settings.get("seed", 0),
                                       permutations=(settings.get("permutations") or {}).get("mmd", 200),
                                       alpha=settings.get("alpha", 0.05),

@@ -145,13 +145,15 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
     else:
         adapted = build_model(request.arch, 1, request.weights, request.image_size)
     batches = lambda table: -(-len(table) // request.batch_size)  # noqa: E731
+    # the block statistics also serve the source classifier of the prior estimates (see prior_representations)
+    blocks = request.fingerprint or (source.labeled and not source.multilabel and request.checkpoint is None)
     reps, tables, skipped = [], [], {}
     for name, table in (("source", source), ("target", target)):
         tick = on_stage(f"embedding {name}", batches(table)) if on_stage else None
         rep = extract(table, adapted, device, trained_head=request.checkpoint is not None,
                       batch_size=request.batch_size, read_options=request.read_options,
                       cache_dir=request.cache_dir, on_batch=tick, on_bad_image=request.on_bad_image,
-                      blocks=request.fingerprint)
+                      blocks=blocks)
         if rep.skipped:  # rows of the representation are the readable images, in table order
             bad = {s.index for s in rep.skipped}
             table = table.subset([i for i in range(len(table)) if i not in bad])
@@ -232,10 +234,20 @@ def _dataset_profile(source: ImageTable, target: ImageTable) -> DatasetProfile:
     )
 
 
+def prior_representations(rep) -> dict[str, np.ndarray]:
+    """What the source classifier of the prior estimates may read (the data choose, by cross-validated log-loss):
+    the embedding and, when the pass collected block descriptors, the channel statistics of every block but the
+    last (colour and texture at several depths; the last block's means are the embedding)."""
+    candidates = {"embedding": rep.embeddings}
+    if rep.blocks and len(rep.blocks) > 1:
+        candidates["early-block statistics"] = np.hstack(list(rep.blocks.values())[:-1])
+    return candidates
+
+
 def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], None] | None = None) -> ShiftProfile:
     """All measurements on embedded domains; ``on_step`` is told what runs next (for progress)."""
     from shiftkit.shift.concept import concept_shift_test
-    from shiftkit.shift.label import SourceClassifier, estimate_label_shift
+    from shiftkit.shift.label import SourceClassifier, choose_representation, estimate_label_shift
     from shiftkit.shift.stats import ShiftInputError
 
     step = on_step or (lambda text: None)
@@ -261,8 +273,12 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
                 classifier = SourceClassifier.from_logits(logits, source_y, list(source.classes))
                 target_logits = np.log(np.clip(data.target.probabilities, 1e-12, None))
             else:
-                classifier = SourceClassifier.fit(src_emb, source_y, list(source.classes), seed=request.seed)
-                target_logits = classifier.log_probabilities(tgt_emb)
+                candidates = prior_representations(data.source)
+                chosen = choose_representation(candidates, source_y, list(source.classes), seed=request.seed)
+                classifier = SourceClassifier.fit(candidates[chosen], source_y, list(source.classes),
+                                                  seed=request.seed)
+                classifier.details["representation"] = chosen
+                target_logits = classifier.log_probabilities(prior_representations(data.target)[chosen])
         except ShiftInputError as exc:  # e.g. a class with a single source image: report the rest
             not_measured["label"] = not_measured["concept"] = str(exc)
             single_label = False
