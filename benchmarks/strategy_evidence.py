@@ -42,7 +42,8 @@ from pathlib import Path
 
 from shiftkit.compare.grid import parse_shard
 from shiftkit.errors import ConfigError
-from shiftkit.recommend.scenario_evidence import EVIDENCE_FILE, collect_row, grid_finished, write_evidence
+from shiftkit.recommend.scenario_evidence import (EVIDENCE_FILE, collect_row, fingerprint_current, grid_finished,
+                                                  mark_fingerprint_current, write_evidence)
 from shiftkit.scenarios import EVIDENCE_PROTOCOL, build, evidence_slice
 
 PY = [sys.executable, "-m", "shiftkit"]
@@ -75,7 +76,7 @@ def source_model(spec, out: Path, protocol: dict, log: Path) -> Path:
 
 def fingerprint(spec, out: Path, protocol: dict, model: Path | None, log: Path) -> Path:
     folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
-    if not (folder / "report.json").exists():
+    if not fingerprint_current(folder):
         pool = Path(spec.val).parent / "pool.csv"
         # from the source model: its validation images (it did not train on them; the estimate section needs that)
         source = spec.source_val if model else spec.source
@@ -84,6 +85,7 @@ def fingerprint(spec, out: Path, protocol: dict, model: Path | None, log: Path) 
                         "--out", str(folder)]
         command += ["--checkpoint", str(model)] if model else ["--arch", protocol["arch"]]
         _run(command, log)
+        mark_fingerprint_current(folder)
     return folder
 
 
@@ -102,12 +104,13 @@ def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path, extr
     return folder
 
 
-def prepared(spec, out: Path) -> Path | None:
+def prepared(spec, out: Path, protocol: dict) -> Path | None:
     """The source model a sharded grid starts from (None from ImageNet); SystemExit when ``--prepare`` has not run."""
     model = out / "models" / spec.source_key if spec.start == "source" else None
-    needed = [out / spec.target, out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"]
-    needed += [model / "metrics.json"] if model else []
+    needed = [out / spec.target] + ([model / "metrics.json"] if model else [])
     missing = [str(path) for path in needed if not path.exists()]
+    folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
+    missing += [] if fingerprint_current(folder) else [str(folder / "report.json")]
     if missing:
         raise SystemExit(f"{missing[0]} is missing: run --prepare once before the shards")
     return model
@@ -154,7 +157,7 @@ def main() -> None:
             start = time.time()
             try:
                 if args.shard:
-                    compare(spec, out, protocol, prepared(spec, out), log, ("--shard", args.shard))
+                    compare(spec, out, protocol, prepared(spec, out, protocol), log, ("--shard", args.shard))
                 else:
                     build(spec, out)
                     model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
@@ -176,7 +179,7 @@ def main() -> None:
             folder = out / "compare" / spec.name
             if list(folder.glob("runs-shard-*.jsonl")) and not grid_finished(folder):
                 try:
-                    compare(spec, out, protocol, prepared(spec, out), out / "logs" / f"{spec.name}.log",
+                    compare(spec, out, protocol, prepared(spec, out, protocol), out / "logs" / f"{spec.name}.log",
                             ("--report-only",))
                 except SystemExit as exc:
                     print(f"{spec.name}: not merged: {exc}", flush=True)

@@ -147,3 +147,15 @@ def test_a_grid_with_missing_runs_is_not_evidence(tmp_path):
     assert grid_finished(tmp_path)
     (tmp_path / "compare.json").write_text("{not json")
     assert not grid_finished(tmp_path)
+
+
+def test_a_fingerprint_from_an_older_diagnose_is_measured_again(tmp_path):
+    """Evidence rows must share one revision of the fingerprint: an unmarked (older) report is not current."""
+    from shiftkit.recommend.scenario_evidence import fingerprint_current, mark_fingerprint_current
+
+    (tmp_path / "report.json").write_text("{}")
+    assert not fingerprint_current(tmp_path)
+    mark_fingerprint_current(tmp_path)
+    assert fingerprint_current(tmp_path)
+    (tmp_path / "revision").write_text("1")
+    assert not fingerprint_current(tmp_path)

@@ -183,11 +183,30 @@ def grid_finished(folder: Path) -> bool:
         return False
 
 
+def fingerprint_current(folder: Path) -> bool:
+    """Whether FOLDER's ``diagnose`` report was measured by the protocol's revision of the fingerprint
+    (``EVIDENCE_PROTOCOL["fingerprint_revision"]``; a folder without a revision mark predates revisions: 1)."""
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL
+
+    try:
+        revision = (folder / "revision").read_text().strip()
+    except OSError:
+        revision = "1"
+    return (folder / "report.json").exists() and revision == str(EVIDENCE_PROTOCOL["fingerprint_revision"])
+
+
+def mark_fingerprint_current(folder: Path) -> None:
+    """Record that FOLDER's report was measured by the protocol's revision (after diagnose wrote it)."""
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL
+
+    (folder / "revision").write_text(str(EVIDENCE_PROTOCOL["fingerprint_revision"]))
+
+
 def collect_row(spec, out: Path) -> dict | None:
     """The evidence row of one finished scenario under the runner's OUT (None while it is unfinished)."""
     compare_json = out / "compare" / spec.name / "compare.json"
     report_json = out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"
-    if not grid_finished(compare_json.parent) or not report_json.exists():
+    if not grid_finished(compare_json.parent) or not fingerprint_current(report_json.parent):
         return None
     table = json.loads(compare_json.read_text())["table"]
     report = json.loads(report_json.read_text())

@@ -24,6 +24,9 @@ EVIDENCE_PROTOCOL = {
     "source_lr": 1e-4,
     "source_epochs": 15,
     "source_batch_size": 32,
+    # bumped whenever diagnose measures a feature differently; the runner recomputes older fingerprints
+    # (2: the prior estimates' source classifier is cross-fitted on the better representation)
+    "fingerprint_revision": 2,
 }
 """How every scenario is run (and its source model trained); the evidence file records it."""
 
