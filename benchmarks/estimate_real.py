@@ -141,7 +141,7 @@ def summarise(results: list[dict]) -> list[dict]:
     methods = sorted({m for r in results for m in r["methods"]})
     rows = []
     for method in methods:
-        errors, covered, beat = [], [], []
+        errors, covered, beat, widths = [], [], [], []
         for r in results:
             m = r["methods"].get(method)
             if not m or m["estimate"] is None:
@@ -150,10 +150,12 @@ def summarise(results: list[dict]) -> list[dict]:
             errors.append(error)
             if m["interval"] and None not in m["interval"]:
                 covered.append(m["interval"][0] <= r["true_accuracy"] <= m["interval"][1])
+                widths.append(m["interval"][1] - m["interval"][0])
             beat.append(error <= abs(r["methods"]["source"]["estimate"] - r["true_accuracy"]))
         rows.append({"method": method, "cases": len(errors), "mae": float(np.mean(errors)),
                      "worst": float(np.max(errors)), "coverage": float(np.mean(covered)) if covered else None,
-                     "at_least_as_good_as_source": float(np.mean(beat))})
+                     "at_least_as_good_as_source": float(np.mean(beat)),
+                     "mean_width": float(np.mean(widths)) if widths else None})
     return sorted(rows, key=lambda row: row["mae"])
 
 
@@ -197,11 +199,12 @@ def main() -> None:
     summary = summarise(results)
     (args.runs / "estimate_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{len(results)} cases")
-    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s}")
+    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
     for row in summary:
         coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
+        width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
         print(f"{row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
-              f"{row['at_least_as_good_as_source']:9.2f}")
+              f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
 
 
 if __name__ == "__main__":

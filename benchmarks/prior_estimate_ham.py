@@ -131,8 +131,9 @@ def main() -> None:
         for name, (options, representation) in CLASSIFIERS.items():
             started = time.perf_counter()
             if representation == "chosen":
-                representation = choose_representation({k: v[source_rows] for k, v in candidates.items()},
-                                                       y[source_rows], CLASSES, seed=seed)
+                representation, c = choose_representation({k: v[source_rows] for k, v in candidates.items()},
+                                                          y[source_rows], CLASSES, seed=seed)
+                options = {**options, "C": c}
             x = candidates[representation]
             classifier = SourceClassifier.fit(x[source_rows], y[source_rows], CLASSES, seed=seed, **options)
             fit_seconds = time.perf_counter() - started

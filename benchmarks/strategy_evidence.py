@@ -104,15 +104,17 @@ def compare(spec, out: Path, protocol: dict, model: Path | None, log: Path, extr
     return folder
 
 
-def prepared(spec, out: Path, protocol: dict) -> Path | None:
-    """The source model a sharded grid starts from (None from ImageNet); SystemExit when ``--prepare`` has not run."""
+def prepared(spec, out: Path, fingerprinted: bool = True) -> Path | None:
+    """The source model a sharded grid starts from (None from ImageNet); SystemExit when ``--prepare`` has not run
+    (``fingerprinted``: the fingerprint must be there too, from the protocol's revision of diagnose)."""
     model = out / "models" / spec.source_key if spec.start == "source" else None
     needed = [out / spec.target] + ([model / "metrics.json"] if model else [])
-    missing = [str(path) for path in needed if not path.exists()]
+    missing = [f"{path} is missing" for path in needed if not path.exists()]
     folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
-    missing += [] if fingerprint_current(folder) else [str(folder / "report.json")]
+    if fingerprinted and not fingerprint_current(folder):
+        missing.append(f"{folder / 'report.json'} is missing or from an older diagnose")
     if missing:
-        raise SystemExit(f"{missing[0]} is missing: run --prepare once before the shards")
+        raise SystemExit(f"{missing[0]}: run --prepare once before the shards")
     return model
 
 
@@ -140,6 +142,8 @@ def main() -> None:
         parser.error(str(error))
     if args.prepare and args.shard:
         parser.error("--prepare runs once, before the shards: leave out --shard")
+    if args.collect and (args.prepare or args.shard):
+        parser.error("--collect runs once, after the shards: leave out --prepare and --shard")
     if args.only and args.evidence == EVIDENCE_FILE and not args.list:
         parser.error("--only writes a subset: give --evidence FILE so the packaged evidence is not overwritten")
     out = args.out.resolve()
@@ -153,11 +157,12 @@ def main() -> None:
     if not args.collect:
         failed = []
         for number, spec in enumerate(specs, 1):
-            log = out / "logs" / f"{spec.name}.log"
+            shard = f".shard-{args.shard.replace('/', '-of-')}" if args.shard else ""  # one log per machine
+            log = out / "logs" / f"{spec.name}{shard}.log"
             start = time.time()
             try:
                 if args.shard:
-                    compare(spec, out, protocol, prepared(spec, out, protocol), log, ("--shard", args.shard))
+                    compare(spec, out, protocol, prepared(spec, out), log, ("--shard", args.shard))
                 else:
                     build(spec, out)
                     model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
@@ -179,12 +184,14 @@ def main() -> None:
             folder = out / "compare" / spec.name
             if list(folder.glob("runs-shard-*.jsonl")) and not grid_finished(folder):
                 try:
-                    compare(spec, out, protocol, prepared(spec, out, protocol), out / "logs" / f"{spec.name}.log",
-                            ("--report-only",))
+                    compare(spec, out, protocol, prepared(spec, out, fingerprinted=False),
+                            out / "logs" / f"{spec.name}.log", ("--report-only",))
                 except SystemExit as exc:
                     print(f"{spec.name}: not merged: {exc}", flush=True)
     rows = [collect_row(spec, out) for spec in specs]
     rows = [row for row in rows if row is not None]
+    if not rows:
+        raise SystemExit(f"{out}: no scenario is finished with a current fingerprint; {args.evidence} left as it is")
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "wall_seconds": wall_seconds(out), "note": "wall_seconds: every shiftkit command of the run, summed "

@@ -389,3 +389,29 @@ def test_the_headline_calls_the_estimate_an_upper_bound_under_confident_shift():
     result["flags"][0]["status"], result["default_method"] = "raised", "iw"  # not a confidence-based method
     result["estimates"][0]["method"] = "iw"
     assert "upper bound" not in headline(result)
+
+
+def test_under_confident_shift_the_accuracy_interval_spans_the_shift_bound():
+    """A model that collapses confidently onto one class at the target (true accuracy 0.5): the confidence-based
+    estimates say about 1.0. With the flag raised (domain AUC 0.99, TV <= 0.98) the accuracy interval must reach down
+    to source accuracy - TV and so cover the truth; without strong shift it is left alone (and misses it)."""
+    from shiftkit.estimate.run import estimate_performance, total_variation_from_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    source = np.stack([-(2 * labels - 1) * 2.0, (2 * labels - 1) * 2.0], axis=1) + rng.normal(0, 0.3, (400, 2))
+    target = np.tile([[-8.0, 8.0]], (300, 1))  # every target image "class 1", half of them wrongly
+    assert total_variation_from_auc(0.99) == pytest.approx(0.98) and total_variation_from_auc(0.4) == 0.0
+    for auc, widened in ((0.99, True), (0.6, False)):
+        result = estimate_performance(source, labels, target, methods=["ac", "atc", "doc"], bootstrap=50,
+                                      target_prior=None, domain_auc=auc)
+        assert {f.code: f.raised for f in result.flags}["confident_shift"] is widened
+        ac = result.get("ac")
+        assert ac.estimate > 0.9  # the estimate itself cannot see the collapse
+        source_accuracy = result.details["source_accuracy"]
+        if widened:
+            bound = ac.details["shift_bound"]["interval"]
+            assert bound[0] == pytest.approx(max(0.0, source_accuracy - 0.98))
+            assert ac.interval[0] <= bound[0] and ac.interval[0] <= 0.5 <= ac.interval[1]
+        else:
+            assert "shift_bound" not in ac.details and not ac.interval[0] <= 0.5

@@ -237,7 +237,7 @@ def _dataset_profile(source: ImageTable, target: ImageTable) -> DatasetProfile:
 def prior_representations(rep) -> dict[str, np.ndarray]:
     """What the source classifier of the prior estimates may read (the data choose, by cross-validated log-loss):
     the embedding and, when the pass collected block descriptors, the channel statistics of every block but the
-    last (colour and texture at several depths; the last block's means are the embedding)."""
+    last (colour and texture at several depths; the network's end is what the embedding summarises)."""
     candidates = {"embedding": rep.embeddings}
     if rep.blocks and len(rep.blocks) > 1:
         candidates["early-block statistics"] = np.hstack(list(rep.blocks.values())[:-1])
@@ -274,9 +274,10 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
                 target_logits = np.log(np.clip(data.target.probabilities, 1e-12, None))
             else:
                 candidates = prior_representations(data.source)
-                chosen = choose_representation(candidates, source_y, list(source.classes), seed=request.seed)
+                chosen, c = choose_representation(candidates, source_y, list(source.classes), seed=request.seed)
                 classifier = SourceClassifier.fit(candidates[chosen], source_y, list(source.classes),
-                                                  seed=request.seed)
+                                                  seed=request.seed, C=c)
+                classifier.details["C_chosen_by"] = "cross-validated log-loss"
                 classifier.details["representation"] = chosen
                 target_logits = classifier.log_probabilities(prior_representations(data.target)[chosen])
         except ShiftInputError as exc:  # e.g. a class with a single source image: report the rest

@@ -343,9 +343,9 @@ def _log_proba(model, x: np.ndarray) -> np.ndarray:
 CV_CS = tuple(float(c) for c in np.logspace(-4, 1, 6))  # the L2 strengths C="auto" chooses from
 
 
-def _cv_folds(y: np.ndarray) -> int:
+def _cv_folds(y: np.ndarray, n_classes: int | None = None) -> int:
     """Up to 5 stratified folds, at most the smallest class count (0 or 1: no cross-validation possible)."""
-    return int(min(5, np.bincount(y).min()))
+    return int(min(5, np.bincount(y, minlength=n_classes or 0).min()))
 
 
 def _cross_validated_c(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int,
@@ -369,24 +369,27 @@ def _cross_validated_c(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int,
 
 
 def choose_representation(candidates: dict[str, Any], labels: Any, classes: Sequence, seed: int = 0,
-                          max_iter: int = 2000, class_weight: str | None = "balanced") -> str:
-    """The name of the candidate source representation (n x d each) whose logistic regression has the best
-    cross-validated log-loss: the representation the prior estimates read.
+                          max_iter: int = 2000, class_weight: str | None = "balanced") -> tuple[str, float]:
+    """(name, C): the candidate source representation (n x d each) whose logistic regression has the best
+    cross-validated log-loss, with its C, for :meth:`SourceClassifier.fit` (one search, not two).
 
     Why more than the embedding: ImageNet's final embedding is made to tell ImageNet's classes apart; for
-    dermoscopy the colour and texture statistics of the earlier blocks separate the classes better. On one
-    HAM10000 site (``benchmarks/prior_estimate_ham.py``) they raised the held-out balanced accuracy from 0.47 to
-    0.58 and cut the EM-BCTS prior error by a third. Which wins depends on the data, so the data decides."""
+    dermoscopy the colour and texture statistics of the earlier blocks separate the classes better (on one HAM10000
+    site, ``benchmarks/prior_estimate_ham.py``, README). Which wins depends on the data, so the data decide. The
+    choice and C use the same source images as the cross-fitted outputs: two hyper-parameters, a small optimism."""
     y = encode_labels(labels, list(classes), "source labels")
-    scores = {}
+    searched = {}
     for name, x in candidates.items():
         try:
             values = as_float_array(x, name)
         except ValueError as error:
             raise ShiftInputError(str(error)) from None
-        scores[name] = _cross_validated_c(values, y, seed, max_iter, class_weight)[1]
-    usable = {name: score for name, score in scores.items() if not math.isnan(score)}
-    return max(usable, key=usable.get) if usable else next(iter(candidates))
+        searched[name] = _cross_validated_c(values, y, seed, max_iter, class_weight)
+    usable = {name: found for name, found in searched.items() if not math.isnan(found[1])}
+    if not usable:
+        return next(iter(candidates)), 1.0
+    best = max(usable, key=lambda name: usable[name][1])
+    return best, usable[best][0]
 
 
 def _need_two_per_class(y: np.ndarray, classes: list) -> None:
@@ -405,19 +408,22 @@ def _pipeline(C: float, max_iter: int, class_weight: str | None):
 
 
 class _CrossFitted:
-    """The fold models of a cross-fitted classifier. Each image is scored by one fold model drawn at random (seeded),
-    so target outputs are distributed as the source's out-of-fold outputs (each from a model that did not see the
-    image) and "no shift" stays exchangeable for the output tests; averaging the folds would make them smoother."""
+    """The fold models of a cross-fitted classifier. Each image is scored by one fold model drawn at random (seeded,
+    in proportion to the fold's held-out size), so target outputs are distributed as the source's out-of-fold
+    outputs (each from a model that did not see the image) and "no shift" stays approximately exchangeable for the
+    output tests (each source image still helped fit the other folds' models: an O(1/n) difference); averaging the
+    folds would make the target's outputs smoother than the source's."""
 
-    def __init__(self, models: list, seed: int):
+    def __init__(self, models: list, held_out_sizes: list[int], seed: int):
         self.models, self.seed = models, seed
+        self.weights = np.asarray(held_out_sizes, dtype=float) / float(np.sum(held_out_sizes))
 
     @property
     def n_features_in_(self) -> int:
         return self.models[0].n_features_in_
 
     def log_proba(self, x: np.ndarray) -> np.ndarray:
-        fold = np.random.default_rng(self.seed).integers(len(self.models), size=len(x))
+        fold = np.random.default_rng(self.seed).choice(len(self.models), size=len(x), p=self.weights)
         out = np.empty((len(x), len(self.models[0].classes_)))
         for index, model in enumerate(self.models):
             rows = fold == index
@@ -431,14 +437,15 @@ class SourceClassifier:
 
     :meth:`fit` (the default) fits ``StandardScaler + LogisticRegression`` (multinomial, L2, ``C``) by stratified
     cross-fitting: every source image's held-out output comes from the fold model that did not see it, so the
-    calibration and the confusion matrix rest on the whole source rather than a 30 % split (on HAM10000 this alone
-    cut the EM-BCTS prior error from 0.38 to 0.23); or on a stratified part, with the rest held out. :meth:`from_logits` wraps a user's own model (for instance a fine-tuned checkpoint) through its logits
-    on held-out source images; :meth:`log_probabilities` is then unavailable (compute the target logits with that
-    model).
+    calibration and the confusion matrix rest on the whole source rather than a 30 % split (what that buys on
+    HAM10000: README, "Target priors"); or on a stratified part, with the rest held out. :meth:`from_logits` wraps a
+    user's own model (for instance a fine-tuned checkpoint) through its logits on held-out source images;
+    :meth:`log_probabilities` is then unavailable (compute the target logits with that model).
 
     Attributes: ``classes`` (tuple), ``held_out_logits`` (n x C log-softmax of the logits), ``held_out_labels``
-    (n class indices 0..C-1), ``model`` (the scikit-learn pipeline, or None), ``prior_sample_size`` (the number of
-    samples the held-out class frequencies carry: the whole source after :meth:`fit`'s stratified split, else the
+    (n class indices 0..C-1), ``model`` (the scikit-learn pipeline, the cross-fitted fold models, or None),
+    ``prior_sample_size`` (the number of samples the held-out class frequencies carry: the whole source after
+    :meth:`fit`'s cross-fitting or stratified split, else the
     held-out size; the bootstrap redraws the held-out class counts at that size).
     """
 
@@ -487,8 +494,8 @@ class SourceClassifier:
         set (then all of ``embeddings`` trains the classifier).
 
         ``C="auto"`` chooses the L2 regularisation by stratified cross-validated log-loss on the fitting part (when
-        cross-fitting: once, on the whole source) (:data:`CV_CS`; scikit-learn's ``LogisticRegressionCV``); ``class_weight="balanced"`` keeps rare classes
-        from being ignored. Both change only how well the classes are told apart: the estimators recalibrate
+        cross-fitting: once, on the whole source; :data:`CV_CS`; scikit-learn's ``LogisticRegressionCV``);
+        ``class_weight="balanced"`` keeps rare classes from being ignored. Both change only how well the classes are told apart: the estimators recalibrate
         (BCTS's per-class biases absorb the weighting) or read the held-out confusion matrix, so the source prior
         stays where it is. On HAM10000 (benchmarks/prior_estimate_ham.py) the former default (C = 1, unweighted)
         had a held-out accuracy of 0.46 on five classes and EM-BCTS an L1 error of 0.31.
@@ -548,19 +555,20 @@ class SourceClassifier:
         from sklearn.model_selection import StratifiedKFold
 
         _need_two_per_class(y, classes)
-        folds = _cv_folds(y)
+        folds = _cv_folds(y, len(classes))
         chosen_c = _cross_validated_c(x, y, seed, max_iter, class_weight)[0] if C == "auto" else float(C)
         held_out_logits = np.empty((len(y), len(classes)))
-        models = []
+        models, sizes = [], []
         for fit_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
             model = _pipeline(chosen_c, max_iter, class_weight).fit(x[fit_rows], y[fit_rows])
             held_out_logits[held_rows] = _log_proba(model, x[held_rows])
             models.append(model)
+            sizes.append(len(held_rows))
         details = {"classifier": "StandardScaler + multinomial LogisticRegression", "C": chosen_c,
                    "C_chosen_by": "cross-validated log-loss" if C == "auto" else "given",
                    "class_weight": class_weight, "seed": seed, "held_out": f"{folds}-fold cross-fitting",
-                   "n_fit": int(len(y) - len(y) // folds), "n_held_out": int(len(y))}
-        return cls(classes, held_out_logits, y, model=_CrossFitted(models, seed), details=details)
+                   "n_fit_per_fold": [int(len(y) - n) for n in sizes], "n_held_out": int(len(y))}
+        return cls(classes, held_out_logits, y, model=_CrossFitted(models, sizes, seed), details=details)
 
     @classmethod
     def from_logits(cls, held_out_logits: Any, held_out_labels: Any, classes: Sequence) -> "SourceClassifier":
@@ -677,7 +685,8 @@ def estimate_label_shift(classifier: SourceClassifier, target_logits: Any, metho
     error. Held-out resamples keep every class; their class counts are redrawn at ``classifier.prior_sample_size``
     (after :meth:`SourceClassifier.fit`'s stratified split the held-out frequencies are the whole source's, whose
     sampling noise is smaller than the held-out size suggests; resampling them at the held-out size made the test
-    below conservative: about 0% rejections instead of 5% in our calibration runs).
+    below conservative: about 0% rejections instead of 5% in our calibration runs; after cross-fitting both sizes
+    are the whole source).
 
     Test of "no label shift" (H0: q = p): a parametric bootstrap in the null world where the target distribution
     is the held-out source's empirical distribution. Each of ``null_draws`` (default ``bootstrap``) draws
