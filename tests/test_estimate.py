@@ -383,7 +383,7 @@ def test_the_headline_calls_the_estimate_an_upper_bound_under_confident_shift():
               "estimates": [{"method": "ac", "metric": "accuracy", "class": None, "estimate": 0.99,
                              "interval": [0.98, 1.0], "withheld": None}],
               "flags": [{"code": "confident_shift", "status": "raised", "affects": ["ac", "atc", "doc", "cm_atc"]}]}
-    assert headline(result).endswith("(an upper bound: confident_shift raised)")
+    assert headline(result).endswith("(an upper bound: confident_shift raised; the interval spans the shift bound)")
     result["flags"][0]["status"] = "clear"
     assert "upper bound" not in headline(result)
     result["flags"][0]["status"], result["default_method"] = "raised", "iw"  # not a confidence-based method

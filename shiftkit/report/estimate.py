@@ -25,12 +25,17 @@ def _span(row: dict) -> str:
     if row["estimate"] is None:
         return f"withheld: {row['withheld']}"
     lo, hi = row["interval"] or (None, None)
-    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else " [no interval]"
-    return f"{row['estimate']:.3f}{interval}"
+    interval = f" [{lo + 0.0:.3f}, {hi + 0.0:.3f}]" if lo is not None and hi is not None else " [no interval]"
+    return f"{row['estimate'] + 0.0:.3f}{interval}"  # + 0.0: -0.0 prints as 0.000
 
 
 def _label(row: dict) -> str:
     return row["metric"] + (f" [{row['class']}]" if row["class"] is not None else "")
+
+
+def _confident_shift(result: dict, method: str) -> bool:
+    return any(f["code"] == "confident_shift" and f["status"] == "raised" and method in f.get("affects", [method])
+               for f in result["flags"])
 
 
 def headline(result: dict) -> str:
@@ -38,9 +43,8 @@ def headline(result: dict) -> str:
     method = result["default_method"]
     row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
     text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
-    if any(f["code"] == "confident_shift" and f["status"] == "raised" and method in f.get("affects", [method])
-           for f in result["flags"]):
-        text += " (an upper bound: confident_shift raised)"
+    if _confident_shift(result, method):
+        text += " (an upper bound: confident_shift raised; the interval spans the shift bound)"
     if result["measured"]:
         text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
     return text
@@ -65,7 +69,8 @@ def accuracy_png(result: dict) -> bytes:
         ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; ac, atc, doc: the hull of theirs)")
+    bound = "; confident_shift: the shift bound" if _confident_shift(result, "ac") else ""
+    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; ac, atc, doc: the hull of theirs{bound})")
     ax.set_title("Estimated accuracy at the target, by method")
     fig.tight_layout()
     return figure_png(fig)
