@@ -322,6 +322,31 @@ def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
     assert ("the data agrees" if planted_rank == 1 else "the data prefers #2") in table.output
 
 
+def test_verify_breaks_the_searchs_ties_in_the_recommendations_order(phantom_dir, tmp_path, planted_evidence,
+                                                                       monkeypatch):
+    """Every arm scores the same: the search must then pick the recommended first strategy (its order, passed as
+    compare's --order), not the order compare would derive from the data's facts alone."""
+    import importlib
+
+    from shiftkit.compare.search import ArmProgress
+    from shiftkit.recommend.measured import recommend_for_report
+
+    ranked = [a["strategy"] for a in recommend_for_report(REPORT, "resnet18", evidence=planted_evidence)["ranking"]]
+    monkeypatch.setattr(importlib.import_module("shiftkit.cli.compare"), "finetune_arms",
+                        lambda settings, arch, seed, out, callback=None: lambda arm, budget: ArmProgress(0.7, budget))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORT))
+    result = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
+                                 "--verify", str(phantom_dir), "--out", str(tmp_path / "verify"), "--epochs", "3",
+                                 "--lrs", "1e-3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verification"]["search_winner"] == ranked[0]
+    search = json.loads((tmp_path / "verify" / "search.json").read_text())["archs"]["resnet18"]
+    assert search["ranking"] == ranked and search["ranking_source"] == "--order option"
+    alone = runner.invoke(app, ["compare", str(phantom_dir), "--order", "ft", "--out", str(tmp_path / "x")])
+    assert alone.exit_code == 2 and "--order orders the arms of --search" in alone.stderr
+
+
 def test_verify_needs_a_report_and_an_out(phantom_dir, tmp_path):
     result = runner.invoke(app, ["recommend", "--evaluate", "--verify", str(phantom_dir)])
     assert result.exit_code == 2 and "--verify DATA needs a REPORT" in result.stderr

@@ -145,12 +145,12 @@ def _grid(settings, plan, out, shard, report_only, metrics, archs, strategies, s
     console.print(f"wrote {out / 'compare.md'}, compare.json, compare.html and plots/", markup=False)
 
 
-def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets, max_arms, seed) -> None:
+def _search(settings, out, archs, strategies, lrs, seeds, metrics, eta, budgets, max_arms, seed, order=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
     report = {"settings": settings.identity(), "seed": seed, "archs": {}}
     for arch in archs:
-        ranking, source = recommender_ranking(settings, arch)
+        ranking, source = (order, "--order option") if order else recommender_ranking(settings, arch)
         arms = [Arm(s, lr) for s in strategies for lr in lrs]
         rungs = check_budgets(budgets, settings.epochs) if budgets else rung_budgets(settings.epochs, eta, len(arms))
         err_console.print(f"{arch}: successive halving over {len(arms)} arms, budgets {rungs} epochs, eta {eta}; "
@@ -221,6 +221,7 @@ def compare(
     budgets: Optional[str] = typer.Option(None, help="--search: rung budgets in epochs, e.g. 1,3,9 (default: geometric up to --epochs)."),
     max_arms: Optional[int] = typer.Option(None, help="--search: start only the top-ranked MAX_ARMS arms of the recommender's order."),
     search_seed: int = typer.Option(0, help="--search: the seed of the search's runs."),
+    order: Optional[str] = typer.Option(None, help="--search: the arms' order (it breaks ties and picks --max-arms), comma-separated strategies; default: the recommender's ranking from the data's facts."),
 ) -> None:
     """Compare fine-tuning strategies as the paper does (best lr on validation, mean (SE) over seeds)."""
     for name, option in (("alpha", "--alpha"), ("beta", "--beta"), ("rgn_weight_decay", "--rgn-weight-decay")):
@@ -252,6 +253,8 @@ def compare(
                           **train_settings),
     )
     settings.check(seeds)
+    if order is not None and not search:
+        raise ConfigError("--order orders the arms of --search: add --search, or leave it out")
     if search:
         if shard_spec is not None or report_only:
             raise ConfigError("--search runs on one machine: leave out --shard and --report-only")
@@ -264,7 +267,7 @@ def compare(
         if max_arms is not None and max_arms < 1:
             raise ConfigError("--max-arms must be at least 1")
         _search(settings, out, arch_list, strategy_list, lr_list, seeds, metric_list, eta, budget_list, max_arms,
-                search_seed)
+                search_seed, parse_strategies(order) if order is not None else None)
         return
     plan = plan_grid(arch_list, strategy_list, lr_list, range(seeds))
     _grid(settings, plan, out, shard_spec, report_only, metric_list, arch_list, strategy_list, seeds)

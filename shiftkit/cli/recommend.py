@@ -98,7 +98,9 @@ def _verify(recommendation: dict, data: Path, out: Path, k: int, options: dict, 
         raise ConfigError(f"--k {k} must be at least 1")
     ranked = [a["strategy"] for a in recommendation["ranking"]]
     arms = ranked[:k] + (["ft"] if "ft" not in ranked[:k] else [])
-    args = ["compare", str(data), "--out", str(out), "--search", "--strategies", ",".join(arms)]
+    # the recommendation's order breaks the search's ties, so "agrees" is judged against the order it checks
+    args = ["compare", str(data), "--out", str(out), "--search", "--strategies", ",".join(arms),
+            "--order", ",".join(ranked)]
     for name, value in options.items():
         if value is not None:
             args += [f"--{name.replace('_', '-')}", str(value)]
