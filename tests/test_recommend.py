@@ -288,26 +288,31 @@ def test_recommend_cli_evaluate_prints_both_evaluations(planted_evidence):
     assert "Leave-one-family-out" in table.output and "always lp_ft" in table.output
 
 
-@pytest.mark.parametrize("planted_rank", [1, 2])
-def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
-        phantom_dir, tmp_path, planted_evidence, monkeypatch, planted_rank):
+def _verify_with_scores(monkeypatch, tmp_path, phantom_dir, evidence, score, *extra):
+    """``recommend REPORT --verify`` with every search arm's validation score given by ``score(strategy)``."""
     import importlib
 
     from shiftkit.compare.search import ArmProgress
+
+    monkeypatch.setattr(importlib.import_module("shiftkit.cli.compare"), "finetune_arms",
+                        lambda settings, arch, seed, out, callback=None:
+                        lambda arm, budget: ArmProgress(score(arm.strategy), budget))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORT))
+    return runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(evidence),
+                               "--verify", str(phantom_dir), "--epochs", "3", "--lrs", "1e-3", *extra])
+
+
+@pytest.mark.parametrize("planted_rank", [1, 2])
+def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
+        phantom_dir, tmp_path, planted_evidence, monkeypatch, planted_rank):
     from shiftkit.recommend.measured import recommend_for_report
 
     ranked = [a["strategy"] for a in recommend_for_report(REPORT, "resnet18", evidence=planted_evidence)["ranking"]]
     planted_best = ranked[planted_rank - 1]  # the strategy the data will prefer
-
-    def fake_arms(settings, arch, seed, out, callback=None):
-        return lambda arm, budget: ArmProgress(0.9 if arm.strategy == planted_best else 0.6, budget)
-
-    monkeypatch.setattr(importlib.import_module("shiftkit.cli.compare"), "finetune_arms", fake_arms)
-    report = tmp_path / "report.json"
-    report.write_text(json.dumps(REPORT))
-    result = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
-                                 "--verify", str(phantom_dir), "--out", str(tmp_path / "verify"), "--epochs", "3",
-                                 "--lrs", "1e-3", "--json"])
+    score = lambda strategy: 0.9 if strategy == planted_best else 0.6  # noqa: E731
+    result = _verify_with_scores(monkeypatch, tmp_path, phantom_dir, planted_evidence, score,
+                                 "--out", str(tmp_path / "verify"), "--json")
     assert result.exit_code == 0, result.output
     verification = json.loads(result.stdout)["verification"]
     assert verification["arms"] == ranked[:3] + ([] if "ft" in ranked[:3] else ["ft"])  # top 3, and the reference
@@ -316,9 +321,8 @@ def test_verify_searches_the_recommended_top_k_and_says_whether_the_data_agrees(
     assert verification["winner_rank_in_recommendation"] == planted_rank
     assert verification["full_grid_epochs_one_seed"] == 8 * 1 * 3
     assert 0 < verification["cost_fraction"] < 1
-    table = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
-                                "--verify", str(phantom_dir), "--out", str(tmp_path / "verify2"), "--epochs", "3",
-                                "--lrs", "1e-3", "--top", "1"])  # --top shows one; --verify still searches three
+    table = _verify_with_scores(monkeypatch, tmp_path, phantom_dir, planted_evidence, score,
+                                "--out", str(tmp_path / "verify2"), "--top", "1")  # --verify still searches three
     assert ("the data agrees" if planted_rank == 1 else "the data prefers #2") in table.output
 
 
@@ -326,19 +330,11 @@ def test_verify_breaks_the_searchs_ties_in_the_recommendations_order(phantom_dir
                                                                        monkeypatch):
     """Every arm scores the same: the search must then pick the recommended first strategy (its order, passed as
     compare's --order), not the order compare would derive from the data's facts alone."""
-    import importlib
-
-    from shiftkit.compare.search import ArmProgress
     from shiftkit.recommend.measured import recommend_for_report
 
     ranked = [a["strategy"] for a in recommend_for_report(REPORT, "resnet18", evidence=planted_evidence)["ranking"]]
-    monkeypatch.setattr(importlib.import_module("shiftkit.cli.compare"), "finetune_arms",
-                        lambda settings, arch, seed, out, callback=None: lambda arm, budget: ArmProgress(0.7, budget))
-    report = tmp_path / "report.json"
-    report.write_text(json.dumps(REPORT))
-    result = runner.invoke(app, ["recommend", str(report), "--arch", "resnet18", "--evidence", str(planted_evidence),
-                                 "--verify", str(phantom_dir), "--out", str(tmp_path / "verify"), "--epochs", "3",
-                                 "--lrs", "1e-3", "--json"])
+    result = _verify_with_scores(monkeypatch, tmp_path, phantom_dir, planted_evidence, lambda strategy: 0.7,
+                                 "--out", str(tmp_path / "verify"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["verification"]["search_winner"] == ranked[0]
     search = json.loads((tmp_path / "verify" / "search.json").read_text())["archs"]["resnet18"]
