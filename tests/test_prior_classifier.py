@@ -49,3 +49,21 @@ def test_a_models_own_logits_report_their_strength_too():
     classifier = SourceClassifier.from_logits(logits, [0, 1, 1, 1], ["x", "y"])
     assert classifier.details["held_out_accuracy"] == 0.75
     assert classifier.details["held_out_balanced_accuracy"] == (1.0 + 2 / 3) / 2
+
+
+def test_the_representation_that_separates_the_classes_is_chosen():
+    """Two candidate representations of the same images: pure noise, and one where the classes separate. The
+    cross-validated log-loss must pick the second whichever order they come in, with a finite C; a class too small
+    to cross-validate falls back to the first candidate and C = "auto"."""
+    from shiftkit.shift.label import choose_representation
+
+    rng = np.random.default_rng(2)
+    informative, y = _blobs(rng, 300, 20, 2.0)
+    noise = rng.normal(size=(300, 20))
+    for candidates in ({"noise": noise, "blocks": informative}, {"blocks": informative, "noise": noise}):
+        name, c = choose_representation(candidates, y, ["a", "b", "c"], seed=0)
+        assert name == "blocks" and isinstance(c, float)
+    y_small = y.copy()
+    y_small[:] = "a"
+    y_small[:2] = ["b", "c"]  # one image each: no cross-validation
+    assert choose_representation({"noise": noise, "blocks": informative}, y_small, ["a", "b", "c"]) == ("noise", "auto")

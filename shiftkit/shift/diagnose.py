@@ -277,7 +277,8 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
                 chosen, c = choose_representation(candidates, source_y, list(source.classes), seed=request.seed)
                 classifier = SourceClassifier.fit(candidates[chosen], source_y, list(source.classes),
                                                   seed=request.seed, C=c)
-                classifier.details["C_chosen_by"] = "cross-validated log-loss"
+                if c != "auto":  # chosen with the representation, by the same cross-validated log-loss
+                    classifier.details["C_chosen_by"] = "cross-validated log-loss"
                 classifier.details["representation"] = chosen
                 target_logits = classifier.log_probabilities(prior_representations(data.target)[chosen])
         except ShiftInputError as exc:  # e.g. a class with a single source image: report the rest

@@ -369,9 +369,10 @@ def _cross_validated_c(x: np.ndarray, y: np.ndarray, seed: int, max_iter: int,
 
 
 def choose_representation(candidates: dict[str, Any], labels: Any, classes: Sequence, seed: int = 0,
-                          max_iter: int = 2000, class_weight: str | None = "balanced") -> tuple[str, float]:
+                          max_iter: int = 2000, class_weight: str | None = "balanced") -> tuple[str, float | str]:
     """(name, C): the candidate source representation (n x d each) whose logistic regression has the best
-    cross-validated log-loss, with its C, for :meth:`SourceClassifier.fit` (one search, not two).
+    cross-validated log-loss, with its C, for :meth:`SourceClassifier.fit` (one search, not two); the first
+    candidate and ``"auto"`` when a class is too small to cross-validate.
 
     Why more than the embedding: ImageNet's final embedding is made to tell ImageNet's classes apart; for
     dermoscopy the colour and texture statistics of the earlier blocks separate the classes better (on one HAM10000
@@ -387,7 +388,7 @@ def choose_representation(candidates: dict[str, Any], labels: Any, classes: Sequ
         searched[name] = _cross_validated_c(values, y, seed, max_iter, class_weight)
     usable = {name: found for name, found in searched.items() if not math.isnan(found[1])}
     if not usable:
-        return next(iter(candidates)), 1.0
+        return next(iter(candidates)), "auto"
     best = max(usable, key=lambda name: usable[name][1])
     return best, usable[best][0]
 
@@ -445,8 +446,8 @@ class SourceClassifier:
     Attributes: ``classes`` (tuple), ``held_out_logits`` (n x C log-softmax of the logits), ``held_out_labels``
     (n class indices 0..C-1), ``model`` (the scikit-learn pipeline, the cross-fitted fold models, or None),
     ``prior_sample_size`` (the number of samples the held-out class frequencies carry: the whole source after
-    :meth:`fit`'s cross-fitting or stratified split, else the
-    held-out size; the bootstrap redraws the held-out class counts at that size).
+    :meth:`fit`'s cross-fitting or stratified split, else the held-out size; the bootstrap redraws the held-out
+    class counts at that size).
     """
 
     def __init__(self, classes: Sequence, held_out_logits: np.ndarray, held_out_labels: np.ndarray,
@@ -495,10 +496,10 @@ class SourceClassifier:
 
         ``C="auto"`` chooses the L2 regularisation by stratified cross-validated log-loss on the fitting part (when
         cross-fitting: once, on the whole source; :data:`CV_CS`; scikit-learn's ``LogisticRegressionCV``);
-        ``class_weight="balanced"`` keeps rare classes from being ignored. Both change only how well the classes are told apart: the estimators recalibrate
-        (BCTS's per-class biases absorb the weighting) or read the held-out confusion matrix, so the source prior
-        stays where it is. On HAM10000 (benchmarks/prior_estimate_ham.py) the former default (C = 1, unweighted)
-        had a held-out accuracy of 0.46 on five classes and EM-BCTS an L1 error of 0.31.
+        ``class_weight="balanced"`` keeps rare classes from being ignored. Both change only how well the classes
+        are told apart: the estimators recalibrate (BCTS's per-class biases absorb the weighting) or read the
+        held-out confusion matrix, so the source prior stays where it is. What each step buys on HAM10000
+        (``benchmarks/prior_estimate_ham.py``): README, "Target priors".
         """
         from sklearn.model_selection import train_test_split
 
