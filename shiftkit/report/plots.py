@@ -63,7 +63,9 @@ def prior_bars(classes: list[str], source: dict, estimated: dict, ci: dict, true
         ax.bar(x + width, [true[c] for c in classes], width, label="target, true", color="#999999")
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("class prior")
-    ax.legend()
+    ax.set_ylim(0, 1.0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)  # never on a bar
+    fig.tight_layout()
     return figure_png(fig)
 
 
