@@ -64,8 +64,8 @@ def prior_bars(classes: list[str], source: dict, estimated: dict, ci: dict, true
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("class prior")
     ax.set_ylim(0, 1.0)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8, frameon=False)  # never on a bar
-    fig.tight_layout()
+    # above the axes: never on a bar nor on long class names (figure_png's tight bounding box keeps it in view)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     return figure_png(fig)
 
 
