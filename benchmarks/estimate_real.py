@@ -7,9 +7,11 @@ Models and splits come from ``benchmarks/estimate_models.py`` (run it first). Ca
   severities (Gaussian blur, contrast reduction, Gaussian noise), and resampled to planted prevalences.
 Per case and method (``shiftkit.estimate``; NannyML's CBPE on the same model outputs as the peer column): the
 estimate of accuracy, its interval, and the accuracy measured with the target's labels. The summary per method:
-mean absolute error, worst error, interval coverage, and how often it beat the naive baseline (source accuracy).
+mean absolute error, worst error, interval coverage and width, and how often it beat the naive baseline (source
+accuracy); then per data set and per confident_shift flag, and the cases where the default's interval misses.
 
     python3 benchmarks/estimate_real.py --runs /work/runs/estimate [--bootstrap 500]
+    python3 benchmarks/estimate_real.py --summary-only /work/runs/estimate/estimate_results.json   # the tables again
 """
 
 from __future__ import annotations
@@ -159,12 +161,54 @@ def summarise(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: row["mae"])
 
 
+GROUPS = {"HAM10000": lambda r: r["case"].startswith("ham"), "BreastMNIST": lambda r: r["case"].startswith("breast"),
+          "PneumoniaMNIST": lambda r: r["case"].startswith("pneumonia"),
+          "confident_shift raised": lambda r: "confident_shift" in r["flags"],
+          "confident_shift not raised": lambda r: "confident_shift" not in r["flags"]}
+
+
+def print_summary(results: list[dict], default: str = "ac") -> None:
+    """Every method over all cases, then per group (data set; confident_shift raised or not): MAE, how many
+    intervals cover the truth, mean width; and the cases where the default method's interval misses."""
+    summary = summarise(results)
+    print(f"\n{len(results)} cases")
+    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
+    for row in summary:
+        coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
+        width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
+        print(f"{row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
+              f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
+    print(f"\n{'group':27s} {'method':14s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
+    for group, member in GROUPS.items():
+        cases = [r for r in results if member(r)]
+        for row in summarise(cases) if cases else []:
+            covered = round(row["coverage"] * row["cases"]) if row["coverage"] is not None else 0
+            width = f"{row['mean_width']:.2f}" if row["mean_width"] is not None else "—"
+            print(f"{group:27s} {row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} "
+                  f"{covered:>3d} of {row['cases']:<2d} {width:>6s}")
+    def missed(r: dict) -> bool:
+        interval = r["methods"].get(default, {}).get("interval")
+        return bool(interval) and not interval[0] <= r["true_accuracy"] <= interval[1]
+
+    misses = [r for r in results if missed(r)]
+    print(f"\n{default}'s interval misses the truth in {len(misses)} case(s):")
+    for r in misses:
+        print(f"  {r['case']}: true {r['true_accuracy']:.3f}, {default} {r['methods'][default]['estimate']:.3f} "
+              f"{[round(v, 3) for v in r['methods'][default]['interval']]}, flags {r['flags']}, "
+              f"domain AUC {r.get('domain_auc', float('nan')):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/estimate"))
     parser.add_argument("--bootstrap", type=int, default=500)
     parser.add_argument("--only", default=None, help="comma-separated case-name prefixes")
+    parser.add_argument("--summary-only", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the tables of an estimate_results.json and exit")
     args = parser.parse_args()
+    if args.summary_only is not None:
+        print_summary(json.loads(args.summary_only.read_text()))
+        return
     cases = [{k: (str(v) if isinstance(v, Path) else {t: str(p) for t, p in v.items()} if isinstance(v, dict) else v)
               for k, v in case.items()} for case in ham_cases(args.runs) + medmnist_cases(args.runs)]
     cache = args.runs / "cache"
@@ -196,16 +240,8 @@ def main() -> None:
             done_file.write_text(json.dumps(results, indent=1))  # resumable: one case at a time
             shown = ", ".join(f"{m} {v['estimate']:.3f}" for m, v in result["methods"].items() if v["estimate"] is not None)
             print(f"{name}: true {result['true_accuracy']:.3f}; {shown}; flags {result['flags']}", flush=True)
-    summary = summarise(results)
-    (args.runs / "estimate_summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{len(results)} cases")
-    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
-    for row in summary:
-        coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
-        width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
-        print(f"{row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
-              f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
-
+    (args.runs / "estimate_summary.json").write_text(json.dumps(summarise(results), indent=1))
+    print_summary(results)
 
 if __name__ == "__main__":
     main()

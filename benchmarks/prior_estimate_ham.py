@@ -112,7 +112,7 @@ def checkpoint_rows(model: Path, split: Path, seeds: int, bootstrap: int) -> lis
 def main() -> None:
     from sklearn.model_selection import train_test_split
 
-    from shiftkit.shift.label import METHODS, SourceClassifier, choose_representation, estimate_label_shift
+    from shiftkit.shift.label import METHODS, SourceClassifier, estimate_label_shift
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/prior_ham"))
@@ -122,7 +122,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint-split", type=Path, default=None,
                         help="also: estimate_models.py's rosendahl_multiclass folder (its model/, cal.csv, val.csv)")
+    parser.add_argument("--summary-only", action="store_true", help="print the tables from OUT/results.json")
     args = parser.parse_args()
+    if args.summary_only:
+        summarise(json.loads((args.out / "results.json").read_text()))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     candidates, y = representations(args.out, args.site, args.device)
     results = []
@@ -130,12 +134,14 @@ def main() -> None:
         source_rows, target_rows = train_test_split(np.arange(len(y)), test_size=0.5, stratify=y, random_state=seed)
         for name, (options, representation) in CLASSIFIERS.items():
             started = time.perf_counter()
-            if representation == "chosen":
-                representation, c = choose_representation({k: v[source_rows] for k, v in candidates.items()},
-                                                          y[source_rows], CLASSES, seed=seed)
-                options = {**options, "C": c}
+            if representation == "chosen":  # what diagnose does
+                classifier = SourceClassifier.fit_best({k: v[source_rows] for k, v in candidates.items()},
+                                                       y[source_rows], CLASSES, seed=seed)
+                representation = classifier.details["representation"]
+            else:
+                classifier = SourceClassifier.fit(candidates[representation][source_rows], y[source_rows], CLASSES,
+                                                  seed=seed, **options)
             x = candidates[representation]
-            classifier = SourceClassifier.fit(x[source_rows], y[source_rows], CLASSES, seed=seed, **options)
             fit_seconds = time.perf_counter() - started
             for planted_name, prior in PLANTED.items():
                 rows = planted_target(np.random.default_rng(seed), y, target_rows, prior)
@@ -158,22 +164,32 @@ def main() -> None:
     if args.checkpoint_split is not None:
         results += checkpoint_rows(args.checkpoint_split / "model", args.checkpoint_split, args.seeds, args.bootstrap)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{args.site}: {len(y)} images, source half {results[0]['n_source']}; mean over {args.seeds} seeds x "
-          f"{len(PLANTED)} planted priors")
+    print(f"\n{args.site}: {len(y)} images; mean over {args.seeds} seeds x {len(PLANTED)} planted priors")
+    summarise(results)
+
+
+def summarise(results: list[dict]) -> None:
+    """The table per classifier and method, and the default's figures per planted prior (README)."""
+    from shiftkit.shift.label import METHODS
+
     print(f"{'classifier':52s} {'method':8s} {'n_src':>5s} {'acc':>5s} {'L1':>6s} {'worst L1':>8s} "
           f"{'class CI coverage':>17s}")
-    for name in list(CLASSIFIERS) + ["fine-tuned checkpoint (lp_ft)"] * (args.checkpoint_split is not None):
+    for name in dict.fromkeys(r["classifier"] for r in results):
         for method in METHODS:
             rows = [r for r in results if r["classifier"] == name and r["method"] == method]
             print(f"{name:52s} {method:8s} {rows[0]['n_source']:5d} "
                   f"{np.mean([r['held_out_accuracy'] for r in rows]):5.2f} "
                   f"{np.mean([r['l1'] for r in rows]):6.3f} {np.max([r['l1'] for r in rows]):8.3f} "
                   f"{np.mean([r['coverage'] for r in rows]):17.2f}")
-    chosen = [r["representation"] for r in results if r.get("representation") and r["method"] == METHODS[0]
-              and r["classifier"].endswith("(default)")]
+    default = [r for r in results if r["classifier"].endswith("(default)") and r["method"] == METHODS[0]]
+    chosen = [r["representation"] for r in default]
     print("default's representation, per seed x planted prior:",
           {name: chosen.count(name) for name in sorted(set(chosen))})
-
+    for planted in PLANTED:
+        rows = [r for r in default if r["planted"] == planted]
+        print(f"default, {METHODS[0]}, {planted}: L1 {np.mean([r['l1'] for r in rows]):.3f}, class CI coverage "
+              f"{np.mean([r['coverage'] for r in rows]):.2f}, every class covered in "
+              f"{sum(r['all_covered'] for r in rows)} of {len(rows)}")
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,13 @@
 
 - **actual**: each site's class frequencies; per pair, the total-variation distance ½‖p_a − p_b‖₁ and a
   chi-square test of homogeneity of the 2 x K count table (classes absent from both sites dropped);
-- **estimated**: for each site, a classifier (``SourceClassifier``: scaler + logistic regression, cross-fitted so
-  that every image it is calibrated on was held out) is fitted on *the other sites'* embeddings and labels, and the site's prior is estimated from its
-  unlabelled embeddings with EM + bias-corrected temperature scaling (``shiftkit.shift.label``), with a bootstrap
-  interval and a test of "same prior as the other sites pooled". Comparing estimated with actual priors shows how
-  far a label-free estimate can be trusted here (it assumes P(X|Y) is the same across sites, which covariate
-  shift between sites breaks). Per pair: the total variation between the two estimated priors.
+- **estimated**: for each site, a classifier (``SourceClassifier``: scaler + logistic regression, cross-fitted so that
+  every image it is calibrated on was held out) is fitted on *the other sites'* embeddings and labels, and the site's
+  prior is estimated from its unlabelled embeddings with EM + bias-corrected temperature scaling
+  (``shiftkit.shift.label``), with a bootstrap interval and a test of "same prior as the other sites pooled".
+  Comparing estimated with actual priors shows how far a label-free estimate can be trusted here (it assumes P(X|Y) is
+  the same across sites, which covariate shift between sites breaks). Per pair: the total variation between the two
+  estimated priors.
 
 The chi-square p-values of the pairs are adjusted like the covariate tests (one family over the pairs).
 """

@@ -189,12 +189,13 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     label_flag = flagging.label_shift_flag(data.source_prior, prior, classes=data.classes, p_value=p_value,
                                            replicates=prior_reps_arr, level=level,
                                            posterior_prevalence=point_batch.posteriors[0].mean(axis=0))
+    confident = flagging.confident_shift_flag(ctx.src_conf, ctx.tgt_conf, domain_auc)  # it also widens intervals
     flag_list = [
         flagging.sample_size_flag(data.n_target, min_target),
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
         label_flag,
         flagging.covariate_shift_flag(domain_auc),
-        flagging.confident_shift_flag(ctx.src_conf, ctx.tgt_conf, domain_auc),
+        confident,
         flagging.importance_weight_flag(None if density is None else density.weights),
         flagging.concept_shift_flag(),
     ]
@@ -232,7 +233,6 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                 details=details))
 
     results = _consensus_intervals(results)
-    confident = next(f for f in flag_list if f.code == "confident_shift")
     results = _shift_bound_intervals(results, confident, float(ctx.correct.mean()))
     target_prior_info = None
     if prior is not None:
@@ -247,8 +247,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                "interval": "percentile bootstrap over source validation (within class) and target images jointly; "
                            "thresholds, calibration and target prior refitted in each replicate; for "
                            f"{', '.join(CONSENSUS)} the hull of their intervals (sampling error and the estimators' "
-                           "disagreement); under a raised confident_shift flag, the accuracy intervals of the methods it "
-                           "affects also span the shift bound (source accuracy ± TV)"}
+                           "disagreement); under a raised confident_shift flag, the accuracy intervals of the "
+                           "methods it affects also span the shift bound (source accuracy ± TV)"}
     return PerformanceEstimate(
         classes=data.classes, positive_class=data.classes[pos] if data.n_classes == 2 else None,
         n_source=data.n_source, n_target=data.n_target, level=level, bootstrap=bootstrap, seed=int(seed),

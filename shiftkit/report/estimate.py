@@ -25,17 +25,23 @@ def _span(row: dict) -> str:
     if row["estimate"] is None:
         return f"withheld: {row['withheld']}"
     lo, hi = row["interval"] or (None, None)
-    interval = f" [{lo + 0.0:.3f}, {hi + 0.0:.3f}]" if lo is not None and hi is not None else " [no interval]"
-    return f"{row['estimate'] + 0.0:.3f}{interval}"  # + 0.0: -0.0 prints as 0.000
+    interval = f" [{_number(lo)}, {_number(hi)}]" if lo is not None and hi is not None else " [no interval]"
+    return f"{_number(row['estimate'])}{interval}"
+
+
+def _number(value: float) -> str:
+    """Three decimals; -1e-17 and -0.0 print as 0.000, not -0.000."""
+    return f"{round(value, 3) + 0.0:.3f}"
 
 
 def _label(row: dict) -> str:
     return row["metric"] + (f" [{row['class']}]" if row["class"] is not None else "")
 
 
-def _confident_shift(result: dict, method: str) -> bool:
-    return any(f["code"] == "confident_shift" and f["status"] == "raised" and method in f.get("affects", [method])
-               for f in result["flags"])
+def _confident_shift(result: dict, method: str | None = None) -> bool:
+    """Whether the confident_shift flag is raised (for ``method``, when given: one it affects)."""
+    return any(f["code"] == "confident_shift" and f["status"] == "raised"
+               and (method is None or method in f.get("affects", [method])) for f in result["flags"])
 
 
 def headline(result: dict) -> str:
@@ -69,7 +75,7 @@ def accuracy_png(result: dict) -> bytes:
         ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
-    bound = "; confident_shift: the shift bound" if _confident_shift(result, "ac") else ""
+    bound = "; confident_shift: the shift bound" if _confident_shift(result) else ""
     ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; ac, atc, doc: the hull of theirs{bound})")
     ax.set_title("Estimated accuracy at the target, by method")
     fig.tight_layout()

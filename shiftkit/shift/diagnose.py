@@ -247,7 +247,7 @@ def prior_representations(rep) -> dict[str, np.ndarray]:
 def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], None] | None = None) -> ShiftProfile:
     """All measurements on embedded domains; ``on_step`` is told what runs next (for progress)."""
     from shiftkit.shift.concept import concept_shift_test
-    from shiftkit.shift.label import SourceClassifier, choose_representation, estimate_label_shift
+    from shiftkit.shift.label import SourceClassifier, estimate_label_shift
     from shiftkit.shift.stats import ShiftInputError
 
     step = on_step or (lambda text: None)
@@ -273,13 +273,9 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
                 classifier = SourceClassifier.from_logits(logits, source_y, list(source.classes))
                 target_logits = np.log(np.clip(data.target.probabilities, 1e-12, None))
             else:
-                candidates = prior_representations(data.source)
-                chosen, c = choose_representation(candidates, source_y, list(source.classes), seed=request.seed)
-                classifier = SourceClassifier.fit(candidates[chosen], source_y, list(source.classes),
-                                                  seed=request.seed, C=c)
-                if c != "auto":  # chosen with the representation, by the same cross-validated log-loss
-                    classifier.details["C_chosen_by"] = "cross-validated log-loss"
-                classifier.details["representation"] = chosen
+                classifier = SourceClassifier.fit_best(prior_representations(data.source), source_y,
+                                                       list(source.classes), seed=request.seed)
+                chosen = classifier.details["representation"]
                 target_logits = classifier.log_probabilities(prior_representations(data.target)[chosen])
         except ShiftInputError as exc:  # e.g. a class with a single source image: report the rest
             not_measured["label"] = not_measured["concept"] = str(exc)

@@ -550,6 +550,19 @@ class SourceClassifier:
                    prior_sample_size=len(y) if fraction is not None else len(y_val))
 
     @classmethod
+    def fit_best(cls, candidates: dict[str, Any], labels: Any, classes: Sequence,
+                 seed: int = 0) -> "SourceClassifier":
+        """:meth:`fit` (cross-fitted) on the candidate representation that :func:`choose_representation` picks,
+        with the C found in the same search; ``details`` name the representation. The caller scores the target
+        with the same representation (``details["representation"]``)."""
+        name, c = choose_representation(candidates, labels, classes, seed=seed)
+        classifier = cls.fit(candidates[name], labels, classes, seed=seed, C=c)
+        classifier.details["representation"] = name
+        if c != "auto":  # found with the representation, by the same cross-validated log-loss
+            classifier.details["C_chosen_by"] = "cross-validated log-loss"
+        return classifier
+
+    @classmethod
     def _cross_fit(cls, x: np.ndarray, y: np.ndarray, classes: list, seed: int, C: float | str, max_iter: int,
                    class_weight: str | None) -> "SourceClassifier":
         """Out-of-fold outputs for every source image (see :meth:`fit`)."""
