@@ -70,6 +70,10 @@ def test_report_has_the_documented_keys_and_finds_planted_shifts(domains, tmp_pa
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64") >= 2
     assert (tmp_path / "plots" / "embedding.png").is_file()
     assert "Covariate shift" in result.output
+    classifier = label["details"]["classifier"]  # what the priors rest on, said in the report
+    assert classifier["representation"] in ("embedding", "early-block statistics")
+    assert classifier["n_held_out"] == report["dataset"]["n_source"]  # cross-fitted: every source image held out
+    assert f"on the {classifier['representation']} ({classifier['held_out']})" in (tmp_path / "report.html").read_text()
 
 
 def test_same_scanner_same_priors_is_not_flagged(domains, tmp_path):

@@ -73,8 +73,24 @@ def _label_html(page: Page, _content, ctx: SectionContext) -> None:
                [[c, label.source_prior[c], label.target_prior[c],
                  f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", label.weights.get(c), true.get(c)]
                 for c in label.classes])
-    page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}.", "note")
+    page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}. "
+                   f"{_classifier_line(label.details.get('classifier') or {})}", "note")
     page.image(ctx.figures["priors"], "class priors")
+
+
+def _classifier_line(details: dict) -> str:
+    """What the prior estimates rest on: the source classifier, what it read, how it was held out, how well it
+    tells the classes apart (a weak one cannot estimate priors; the verdict then carries a caution)."""
+    if not details:
+        return ""
+    parts = [details.get("classifier", "")]
+    if details.get("representation"):
+        parts.append(f"on the {details['representation']}")
+    if details.get("held_out"):
+        parts.append(f"({details['held_out']})")
+    accuracy = details.get("held_out_balanced_accuracy")
+    tail = f"; held-out balanced accuracy {accuracy:.2f}" if accuracy is not None else ""
+    return "Source classifier: " + " ".join(parts) + tail + "."
 
 
 def _concept_html(page: Page, _content, ctx: SectionContext) -> None:
