@@ -298,7 +298,9 @@ def test_diagnose_summary_html_and_plots_show_class_names_literally(classes, rea
     test = types.SimpleNamespace(statistic=0.1, p_value=0.5, n_source=10, n_target=12, details={})
     label = types.SimpleNamespace(classes=tuple(classes), source_prior=prior, target_prior=prior,
                                   ci={c: (0.1, 0.5) for c in classes}, method="em_bcts", p_value=0.2,
-                                  weights={c: 1.0 for c in classes})
+                                  weights={c: 1.0 for c in classes},
+                                  details={"classifier": {"classifier": "logistic regression",
+                                                          "held_out_balanced_accuracy": 0.8}})
     verdict = {k: types.SimpleNamespace(level="mild", reason=f"{reason} in {classes[0]}")
                for k in ("covariate", "label", "concept")}
     profile = types.SimpleNamespace(covariate={"mmd": test}, label=label, true_target_prior=prior, verdict=verdict,
