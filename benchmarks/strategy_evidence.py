@@ -15,7 +15,11 @@ order, each step resumable on its own:
 
 Then ``--collect`` writes the evidence table (``shiftkit/recommend/data/scenario_evidence.jsonl`` by default) from the
 finished scenarios: one row per scenario (spec, fingerprint features, each strategy's test metric mean and standard
-error over seeds, the chosen learning rate). Run it again after an interruption: finished steps are skipped.
+error over seeds, the chosen learning rate, the seconds each step took). Run it again after an interruption:
+finished steps are skipped. The evidence file is also the checkpoint across machines and sessions: a scenario whose
+row it holds, under the same protocol, is not run again; when an older revision of ``diagnose`` measured the row's
+fingerprint (``EVIDENCE_PROTOCOL["fingerprint_revision"]``), only the fingerprint is, and ``--collect`` joins it to
+the row's outcomes. So a run that lost OUT resumes from the committed file.
 
     python3 benchmarks/strategy_evidence.py --out /work/runs/evidence             # the whole slice, resumable
     python3 benchmarks/strategy_evidence.py --out /work/runs/evidence --collect   # the evidence file only
@@ -42,8 +46,9 @@ from pathlib import Path
 
 from shiftkit.compare.grid import parse_shard
 from shiftkit.errors import ConfigError
-from shiftkit.recommend.scenario_evidence import (EVIDENCE_FILE, collect_row, fingerprint_current, grid_finished,
-                                                  mark_fingerprint_current, write_evidence)
+from shiftkit.recommend.scenario_evidence import (EVIDENCE_FILE, collect_row, earlier_rows, fingerprint_current,
+                                                  fingerprint_revision, grid_finished, mark_fingerprint_current,
+                                                  write_evidence)
 from shiftkit.scenarios import EVIDENCE_PROTOCOL, build, evidence_slice
 
 PY = [sys.executable, "-m", "shiftkit"]
@@ -118,17 +123,40 @@ def prepared(spec, out: Path, fingerprinted: bool = True) -> Path | None:
     return model
 
 
-def wall_seconds(out: Path) -> int:
-    """The wall time of every command the run has finished, from its logs (an interrupted command's time is lost)."""
-    pattern = re.compile(r"\[exit 0 after (\d+) s\]")
-    return sum(int(m) for log in (out / "logs").glob("*.log") for m in pattern.findall(log.read_text()))
+EXIT = re.compile(r"\[exit 0 after (\d+) s\]")
+
+
+def step_seconds(out: Path, name: str) -> dict[str, int]:
+    """Wall seconds of a scenario's finished steps, from its logs (every shard's): ``fingerprint`` (diagnose) and
+    ``grid`` (compare); an interrupted command's time is lost."""
+    seconds: dict[str, int] = {}
+    logs = [out / "logs" / f"{name}.log", *(out / "logs").glob(f"{name}.shard-*.log")]
+    for log in (log for log in logs if log.exists()):
+        step = None
+        for line in log.read_text().splitlines():
+            if line.startswith("$ "):
+                step = "fingerprint" if " diagnose " in line else "grid" if " compare " in line else None
+            elif (match := EXIT.match(line)) and step:
+                seconds[step] = seconds.get(step, 0) + int(match[1])
+    return seconds
+
+
+def with_seconds(row: dict, out: Path, earlier: dict | None) -> dict:
+    """ROW with the seconds its steps took: this run's, or the earlier row's for a step this run did not repeat."""
+    seconds = {**((earlier or {}).get("seconds") or {}), **step_seconds(out, row["name"])}
+    return {**row, "seconds": seconds} if seconds else row
+
+
+def model_seconds(out: Path) -> int:
+    """Wall seconds of the source models' training, from their logs."""
+    return sum(int(m) for log in (out / "logs").glob("model-*.log") for m in EXIT.findall(log.read_text()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="build root, models, fingerprints, compare runs")
     parser.add_argument("--collect", action="store_true", help="only write the evidence file from finished scenarios")
-    parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE, help="where --collect writes")
+    parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE, help="the evidence: its rows under this protocol are kept (their grids are not run again); --collect rewrites it")
     parser.add_argument("--only", default=None, help="scenario names containing this text")
     parser.add_argument("--list", action="store_true", help="list the slice and exit")
     parser.add_argument("--prepare", action="store_true",
@@ -154,21 +182,27 @@ def main() -> None:
             print(spec.family, spec.name)
         print(f"{len(specs)} scenarios, {len({s.family for s in specs})} families")
         return
+    earlier = earlier_rows(args.evidence)  # outcomes measured under this protocol by an earlier run
     if not args.collect:
         failed = []
         for number, spec in enumerate(specs, 1):
             shard = f".shard-{args.shard.replace('/', '-of-')}" if args.shard else ""  # one log per machine
             log = out / "logs" / f"{spec.name}{shard}.log"
             start = time.time()
+            row = earlier.get(spec.name)
+            if row and fingerprint_revision(row) == protocol["fingerprint_revision"]:
+                print(f"[{number}/{len(specs)}] {spec.name}: in {args.evidence.name} already", flush=True)
+                continue
             try:
                 if args.shard:
-                    compare(spec, out, protocol, prepared(spec, out), log, ("--shard", args.shard))
+                    if not row:
+                        compare(spec, out, protocol, prepared(spec, out), log, ("--shard", args.shard))
                 else:
                     build(spec, out)
                     model = source_model(spec, out, protocol, out / "logs" / f"model-{spec.source_key}.log") \
                         if spec.start == "source" else None
                     fingerprint(spec, out, protocol, model, log)
-                    if not args.prepare:
+                    if not args.prepare and not row:  # an earlier row's outcomes are kept; only its fingerprint
                         compare(spec, out, protocol, model, log)
             except (SystemExit, Exception) as exc:  # one scenario's failure does not hold up the others
                 failed.append(spec.name)
@@ -188,14 +222,17 @@ def main() -> None:
                             out / "logs" / f"{spec.name}.log", ("--report-only",))
                 except SystemExit as exc:
                     print(f"{spec.name}: not merged: {exc}", flush=True)
-    rows = [collect_row(spec, out) for spec in specs]
-    rows = [row for row in rows if row is not None]
+    rows = [collect_row(spec, out, earlier.get(spec.name)) for spec in specs]
+    rows = [with_seconds(row, out, earlier.get(row["name"])) for row in rows if row is not None]
     if not rows:
         raise SystemExit(f"{out}: no scenario is finished with a current fingerprint; {args.evidence} left as it is")
+    untimed = [row["name"] for row in rows if "grid" not in row.get("seconds", {})]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version(),
-               "wall_seconds": wall_seconds(out), "note": "wall_seconds: every shiftkit command of the run, summed "
-                                                          "(source models, fingerprints, compare grids)"}
+               "wall_seconds": model_seconds(out) + sum(sum(row.get("seconds", {}).values()) for row in rows),
+               "note": "wall_seconds: the source models' training plus every row's seconds (fingerprint and grid), "
+                       "summed" + (f"; {len(untimed)} grid(s) measured before rows were timed are not in it"
+                                   if untimed else "")}
     write_evidence(args.evidence, rows, protocol=protocol, machine=machine)
     print(f"{len(rows)} of {len(specs)} scenarios written to {args.evidence}")
 

@@ -159,3 +159,71 @@ def test_a_fingerprint_from_an_older_diagnose_is_measured_again(tmp_path):
     assert fingerprint_current(tmp_path)
     (tmp_path / "revision").write_text("1")
     assert not fingerprint_current(tmp_path)
+
+
+def _fake_run(out, spec, *, grid_mean=None, fingerprint=True, auc=0.8):
+    """OUT as the evidence runner leaves it for SPEC: a current fingerprint (domain AUC ``auc``) and, with
+    ``grid_mean``, a finished grid where every strategy scored it."""
+    from shiftkit.recommend.scenario_evidence import STRATEGIES, mark_fingerprint_current
+
+    folder = out / "fingerprints" / f"{spec.variant_key}-{spec.start}"
+    if fingerprint:
+        folder.mkdir(parents=True)
+        report = {"dataset": {"n_source": 100, "classes": ["0", "1"], "source_counts": {"0": 50, "1": 50}},
+                  "verdict": {}, "covariate": {"domain_classifier": {"statistic": auc}}}
+        (folder / "report.json").write_text(json.dumps(report))
+        mark_fingerprint_current(folder)
+    if grid_mean is not None:
+        cell = {"AUROC": {"mean": grid_mean, "se": 0.01, "n": 2, "lr": 1e-3}}
+        table = {"main_metric": "AUROC", "archs": ["efficientnet_lite0"],
+                 "rows": {s: {"efficientnet_lite0": cell} for s in STRATEGIES}}
+        (out / "compare" / spec.name).mkdir(parents=True)
+        (out / "compare" / spec.name / "compare.json").write_text(json.dumps({"missing": [], "table": table}))
+
+
+def _earlier_row(spec, revision, mean=70.0):
+    from shiftkit.recommend.scenario_evidence import STRATEGIES
+
+    row = {"name": spec.name, "metric": "AUROC", "features": {"shift_auc": 0.6},
+           "outcomes": {s: {"mean": mean, "se": 1.0, "n": 2, "lr": 1e-4} for s in STRATEGIES}}
+    return {**row, "fingerprint_revision": revision} if revision else row
+
+
+def test_an_earlier_rows_outcomes_are_kept_and_its_stale_fingerprint_replaced(tmp_path):
+    """The evidence file is the run's checkpoint across sessions: a row measured by an older diagnose keeps its
+    grid's outcomes (no grid is run again) and takes the fingerprint the current revision measured."""
+    from shiftkit.recommend.scenario_evidence import collect_row
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL, evidence_slice
+
+    spec, current = evidence_slice()[0], EVIDENCE_PROTOCOL["fingerprint_revision"]
+    stale = _earlier_row(spec, revision=None)  # unmarked: revision 1
+    assert collect_row(spec, tmp_path, stale) is None  # nothing measured again yet: the stale row is left out
+    assert collect_row(spec, tmp_path, _earlier_row(spec, current)) == _earlier_row(spec, current)
+    _fake_run(tmp_path, spec, auc=0.8)
+    row = collect_row(spec, tmp_path, stale)
+    assert row["outcomes"] == stale["outcomes"] and row["fingerprint_revision"] == current
+    assert row["features"]["shift_auc"] == 0.8  # the new fingerprint, not the stale 0.6
+    assert collect_row(spec, tmp_path) is None  # a fingerprint alone, no outcomes: not evidence
+
+
+def test_a_finished_grid_replaces_an_earlier_rows_outcomes(tmp_path):
+    from shiftkit.recommend.scenario_evidence import collect_row
+    from shiftkit.scenarios import evidence_slice
+
+    spec = evidence_slice()[0]
+    _fake_run(tmp_path, spec, grid_mean=0.9)
+    row = collect_row(spec, tmp_path, _earlier_row(spec, revision=None, mean=70.0))
+    assert {o["mean"] for o in row["outcomes"].values()} == {90.0}  # percent, from this run's grid
+
+
+def test_earlier_rows_are_reused_only_under_the_same_grid_protocol(tmp_path):
+    from shiftkit.recommend.scenario_evidence import earlier_rows, write_evidence
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL, evidence_slice
+
+    spec, path = evidence_slice()[0], tmp_path / "evidence.jsonl"
+    assert earlier_rows(path) == {}  # no file yet
+    old_revision = {k: v for k, v in EVIDENCE_PROTOCOL.items() if k != "fingerprint_revision"}
+    write_evidence(path, [_earlier_row(spec, None)], protocol=old_revision, machine={})
+    assert list(earlier_rows(path)) == [spec.name]  # another fingerprint revision: outcomes still reusable
+    write_evidence(path, [_earlier_row(spec, None)], protocol={**EVIDENCE_PROTOCOL, "seeds": 3}, machine={})
+    assert earlier_rows(path) == {}  # grids under another protocol are not this evidence

@@ -202,23 +202,61 @@ def mark_fingerprint_current(folder: Path) -> None:
     (folder / "revision").write_text(str(EVIDENCE_PROTOCOL["fingerprint_revision"]))
 
 
-def collect_row(spec, out: Path) -> dict | None:
-    """The evidence row of one finished scenario under the runner's OUT (None while it is unfinished)."""
+def _grid_protocol(protocol: dict) -> dict:
+    """The protocol's keys that decide a grid's outcomes (the fingerprint's revision does not)."""
+    return {k: str(v) for k, v in protocol.items() if k != "fingerprint_revision"}
+
+
+def fingerprint_revision(row: dict) -> int:
+    """The revision of ``diagnose`` that measured an evidence row's fingerprint (rows without one predate
+    revisions: 1)."""
+    return int(row.get("fingerprint_revision", 1))
+
+
+def earlier_rows(path: Path) -> dict[str, dict]:
+    """The rows of an evidence file whose grids ran under the current protocol, by scenario name (none when the file
+    is missing or its protocol differs). The file is the run's checkpoint across machines and sessions: a row's
+    outcomes (the expensive part) are reused, its fingerprint is measured again when an older revision made it."""
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL
+
+    try:
+        protocol = json.loads(path.with_suffix(".meta.json").read_text())["protocol"]
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError, KeyError):
+        return {}
+    if _grid_protocol(protocol) != _grid_protocol(EVIDENCE_PROTOCOL):
+        return {}
+    rows = (json.loads(line) for line in lines if line.strip())
+    return {row["name"]: row for row in rows}
+
+
+def collect_row(spec, out: Path, earlier: dict | None = None) -> dict | None:
+    """The evidence row of one scenario under the runner's OUT: its grid's outcomes (or, while OUT has no finished
+    grid, those of the EARLIER row of the same scenario) with OUT's fingerprint; EARLIER itself when OUT has no
+    current fingerprint but it has one; None while neither is there."""
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL
+
+    revision = EVIDENCE_PROTOCOL["fingerprint_revision"]
     compare_json = out / "compare" / spec.name / "compare.json"
     report_json = out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"
-    if not grid_finished(compare_json.parent) or not fingerprint_current(report_json.parent):
+    if not fingerprint_current(report_json.parent):
+        return earlier if earlier and fingerprint_revision(earlier) == revision else None
+    if grid_finished(compare_json.parent):
+        table = json.loads(compare_json.read_text())["table"]
+        metric, arch = table["main_metric"], table["archs"][0]
+        outcomes = {}
+        for strategy, row in table["rows"].items():
+            cell = row.get(arch, {}).get(metric)
+            if cell and cell["mean"] is not None:
+                outcomes[strategy] = {"mean": 100.0 * cell["mean"], "se": 100.0 * (cell["se"] or 0.0),
+                                      "n": cell["n"], "lr": cell["lr"]}  # percent: regrets are metric points
+    elif earlier:
+        metric, outcomes = earlier["metric"], earlier["outcomes"]
+    else:
         return None
-    table = json.loads(compare_json.read_text())["table"]
-    report = json.loads(report_json.read_text())
-    metric, arch = table["main_metric"], table["archs"][0]
-    outcomes = {}
-    for strategy, row in table["rows"].items():
-        cell = row.get(arch, {}).get(metric)
-        if cell and cell["mean"] is not None:
-            outcomes[strategy] = {"mean": 100.0 * cell["mean"], "se": 100.0 * (cell["se"] or 0.0), "n": cell["n"],
-                                  "lr": cell["lr"]}  # percent: regrets are metric points
     if set(outcomes) != set(STRATEGIES):
         return None
+    report = json.loads(report_json.read_text())
     from shiftkit.recommend.recommender import ShiftFacts
 
     facts = replace(ShiftFacts.from_report(report), train_size=spec.budget,
@@ -227,7 +265,8 @@ def collect_row(spec, out: Path) -> dict | None:
     return {"name": spec.name, "family": spec.family, "variant": spec.variant_key, "dataset": spec.dataset,
             "start": spec.start, "budget": spec.budget, "metric": metric, "facts": facts,
             "features": {k: v if math.isfinite(v) else None for k, v in features.items()},
-            "summary": (report.get("fingerprint") or {}).get("summary", ""), "outcomes": outcomes}
+            "summary": (report.get("fingerprint") or {}).get("summary", ""), "outcomes": outcomes,
+            "fingerprint_revision": revision}
 
 
 def write_evidence(path: Path, rows: list[dict], protocol: dict, machine: dict) -> None:
