@@ -156,7 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="build root, models, fingerprints, compare runs")
     parser.add_argument("--collect", action="store_true", help="only write the evidence file from finished scenarios")
-    parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE, help="the evidence: its rows under this protocol are kept (their grids are not run again); --collect rewrites it")
+    parser.add_argument("--evidence", type=Path, default=EVIDENCE_FILE,
+                        help="the evidence: its rows under this protocol are kept (their grids are not run again); "
+                             "--collect rewrites it")
     parser.add_argument("--only", default=None, help="scenario names containing this text")
     parser.add_argument("--list", action="store_true", help="list the slice and exit")
     parser.add_argument("--prepare", action="store_true",
@@ -231,7 +233,7 @@ def main() -> None:
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "wall_seconds": model_seconds(out) + sum(sum(row.get("seconds", {}).values()) for row in rows),
                "note": "wall_seconds: the source models' training plus every row's seconds (fingerprint and grid), "
-                       "summed" + (f"; {len(untimed)} grid(s) measured before rows were timed are not in it"
+                       "summed over commands (shards run side by side count each)" + (f"; {len(untimed)} grid(s) measured before rows were timed are not in it"
                                    if untimed else "")}
     write_evidence(args.evidence, rows, protocol=protocol, machine=machine)
     print(f"{len(rows)} of {len(specs)} scenarios written to {args.evidence}")
