@@ -233,8 +233,8 @@ def main() -> None:
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "wall_seconds": model_seconds(out) + sum(sum(row.get("seconds", {}).values()) for row in rows),
                "note": "wall_seconds: the source models' training plus every row's seconds (fingerprint and grid), "
-                       "summed over commands (shards run side by side count each)" + (f"; {len(untimed)} grid(s) measured before rows were timed are not in it"
-                                   if untimed else "")}
+                       "summed over commands (shards run side by side count each)"
+                       + (f"; {len(untimed)} grid(s) measured before rows were timed are not in it" if untimed else "")}
     write_evidence(args.evidence, rows, protocol=protocol, machine=machine)
     print(f"{len(rows)} of {len(specs)} scenarios written to {args.evidence}")
 
