@@ -47,8 +47,7 @@ from pathlib import Path
 from shiftkit.compare.grid import parse_shard
 from shiftkit.errors import ConfigError
 from shiftkit.recommend.scenario_evidence import (EVIDENCE_FILE, collect_row, earlier_rows, fingerprint_current,
-                                                  fingerprint_revision, grid_finished, mark_fingerprint_current,
-                                                  write_evidence)
+                                                  grid_finished, mark_fingerprint_current, row_current, write_evidence)
 from shiftkit.scenarios import EVIDENCE_PROTOCOL, build, evidence_slice
 
 PY = [sys.executable, "-m", "shiftkit"]
@@ -192,7 +191,7 @@ def main() -> None:
             log = out / "logs" / f"{spec.name}{shard}.log"
             start = time.time()
             row = earlier.get(spec.name)
-            if row and fingerprint_revision(row) == protocol["fingerprint_revision"]:
+            if row_current(row):
                 print(f"[{number}/{len(specs)}] {spec.name}: in {args.evidence.name} already", flush=True)
                 continue
             try:

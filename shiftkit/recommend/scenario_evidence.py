@@ -207,10 +207,12 @@ def _grid_protocol(protocol: dict) -> dict:
     return {k: str(v) for k, v in protocol.items() if k != "fingerprint_revision"}
 
 
-def fingerprint_revision(row: dict) -> int:
-    """The revision of ``diagnose`` that measured an evidence row's fingerprint (rows without one predate
-    revisions: 1)."""
-    return int(row.get("fingerprint_revision", 1))
+def row_current(row: dict | None) -> bool:
+    """Whether an evidence row's fingerprint was measured by the protocol's revision of ``diagnose`` (rows without
+    a revision predate revisions: 1)."""
+    from shiftkit.scenarios import EVIDENCE_PROTOCOL
+
+    return bool(row) and int(row.get("fingerprint_revision", 1)) == EVIDENCE_PROTOCOL["fingerprint_revision"]
 
 
 def earlier_rows(path: Path) -> dict[str, dict]:
@@ -240,7 +242,7 @@ def collect_row(spec, out: Path, earlier: dict | None = None) -> dict | None:
     compare_json = out / "compare" / spec.name / "compare.json"
     report_json = out / "fingerprints" / f"{spec.variant_key}-{spec.start}" / "report.json"
     if not fingerprint_current(report_json.parent):
-        return earlier if earlier and fingerprint_revision(earlier) == revision else None
+        return earlier if row_current(earlier) else None
     if grid_finished(compare_json.parent):
         table = json.loads(compare_json.read_text())["table"]
         metric, arch = table["main_metric"], table["archs"][0]
