@@ -35,6 +35,8 @@ PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling t
 sys.path.insert(0, str(Path(__file__).parent))
 from estimate_models import _write, ham_cases, medmnist_cases  # noqa: E402  (the splits the models trained on)
 
+from shiftkit.estimate.command import DEFAULT_METHOD  # noqa: E402
+
 
 def _rows(manifest: Path) -> list[tuple[str, str]]:
     return [(str((manifest.parent / r["path"]).resolve()) if not Path(r["path"]).is_absolute() else r["path"],
@@ -108,9 +110,21 @@ def cbpe(src_proba, src_y, tgt_proba, classes) -> dict | None:
     return {"estimate": value, "interval": [float(lo) if lo is not None else None, float(hi) if hi is not None else None]}
 
 
+def atc_dc_as_published(src_proba, src_y, tgt_proba, distance) -> dict:
+    """ATC with the distance check as Roschewitz & Glocker publish it: a target image counts as correct when its
+    score is above ATC's threshold and it passes the check (shiftkit's ac_dc scores the failing ones at chance
+    level instead). A point estimate; the paper gives no interval."""
+    from shiftkit.estimate import atc_threshold, confidence_scores
+
+    log = lambda p: np.log(np.clip(p, 1e-12, None))  # noqa: E731
+    threshold = atc_threshold(confidence_scores(log(src_proba)), src_proba.argmax(1) == src_y)
+    above = confidence_scores(log(tgt_proba)) > threshold
+    return {"estimate": float(np.mean(above & distance.target_inside)), "interval": None}
+
+
 def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, bootstrap: int) -> dict:
     from shiftkit.data.table import load_table
-    from shiftkit.estimate import density_ratio_from_embeddings, estimate_performance
+    from shiftkit.estimate import density_ratio_from_embeddings, distance_check_from_embeddings, estimate_performance
     from shiftkit.estimate.command import EstimateRequest, measured_metrics, model_outputs
     from shiftkit.features import load_finetuned
     from shiftkit.finetune.trainer import resolve_device
@@ -124,19 +138,21 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     tgt_y = np.array([classes.index(r.labels[0]) for r in tgt_table.records])
     started = time.perf_counter()
     density = density_ratio_from_embeddings(src.embeddings, tgt.embeddings, seed=0)
+    distance = distance_check_from_embeddings(src.embeddings, src_y, tgt.embeddings, tgt.probabilities.argmax(1))
     estimate = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
                                     np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
-                                    density_ratio=density, bootstrap=bootstrap, seed=0)
+                                    density_ratio=density, distance=distance, bootstrap=bootstrap, seed=0)
     seconds = time.perf_counter() - started
     truth = measured_metrics(tgt.probabilities, tgt_y, classes, classes[1] if len(classes) == 2 else None)
     methods = {r.method: {"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
                for r in estimate.results if r.metric == "accuracy"}
+    methods["atc_dc_published"] = atc_dc_as_published(src.probabilities, src_y, tgt.probabilities, distance)
     peer = cbpe(src.probabilities, src_y, tgt.probabilities, classes)
     if peer is not None:
         methods["nannyml_cbpe"] = peer
     return {"case": name, "n_source": len(src_y), "n_target": len(tgt_y), "true_accuracy": truth["accuracy"],
             "methods": methods, "flags": [f.code for f in estimate.raised], "estimate_seconds": round(seconds, 2),
-            "domain_auc": density.domain_auc}
+            "domain_auc": density.domain_auc, "outside_fraction": distance.outside_fraction}
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -167,24 +183,24 @@ GROUPS = {"HAM10000": lambda r: r["case"].startswith("ham"), "BreastMNIST": lamb
           "confident_shift not raised": lambda r: "confident_shift" not in r["flags"]}
 
 
-def print_summary(results: list[dict], default: str = "ac") -> None:
+def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
     """Every method over all cases, then per group (data set; confident_shift raised or not): MAE, how many
     intervals cover the truth, mean width; and the cases where the default method's interval misses."""
     summary = summarise(results)
     print(f"\n{len(results)} cases")
-    print(f"{'method':14s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
+    print(f"{'method':17s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
     for row in summary:
         coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
         width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
-        print(f"{row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
+        print(f"{row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
               f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
-    print(f"\n{'group':27s} {'method':14s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
+    print(f"\n{'group':27s} {'method':17s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
     for group, member in GROUPS.items():
         cases = [r for r in results if member(r)]
         for row in summarise(cases) if cases else []:
             covered = round(row["coverage"] * row["cases"]) if row["coverage"] is not None else 0
             width = f"{row['mean_width']:.2f}" if row["mean_width"] is not None else "—"
-            print(f"{group:27s} {row['method']:14s} {row['cases']:5d} {row['mae']:6.3f} "
+            print(f"{group:27s} {row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} "
                   f"{covered:>3d} of {row['cases']:<2d} {width:>6s}")
     def missed(r: dict) -> bool:
         interval = r["methods"].get(default, {}).get("interval")

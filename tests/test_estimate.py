@@ -373,7 +373,7 @@ def test_confident_shift_is_raised_when_a_separable_target_is_no_less_confident(
     assert not confident_shift_flag(source, unsure, 0.97).raised  # the confidence dropped: estimates can see it
     assert not confident_shift_flag(source, sure, 0.6).raised  # no strong covariate shift
     flag = confident_shift_flag(source, sure, None)
-    assert flag.status == "not_assessed" and set(flag.affects) == {"ac", "atc", "doc", "cm_atc"}
+    assert flag.status == "not_assessed" and set(flag.affects) == {"ac", "ac_dc", "atc", "doc", "cm_atc"}
 
 
 def test_the_headline_calls_the_estimate_an_upper_bound_under_confident_shift():

@@ -21,7 +21,7 @@ def estimate(
     source_val: Path = typer.Option(..., "--source-val", help="Labelled source images the model did NOT train on (calibration): class folders or a CSV."),
     target: Path = typer.Option(..., "--target", help="Target images (labels not needed; when present they are only used to show the measured metrics)."),
     out: Path = typer.Option(..., "--out", help="Output folder: estimate.json, estimate.html."),
-    methods: str = typer.Option(",".join(DEFAULT_METHODS), help="Estimators, comma-separated: source, ac, atc, doc, cm_atc, iw."),
+    methods: str = typer.Option(",".join(DEFAULT_METHODS), help="Estimators, comma-separated: source, ac, ac_dc, atc, doc, cm_atc, iw."),
     prior: str = typer.Option("em_bcts", help=f"Target class prior for cm_atc's PPV/NPV: {', '.join(PRIOR_CHOICES)}."),
     positive: Optional[str] = typer.Option(None, help="Binary tasks: the positive class (default: the second class)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap replicates for the intervals."),

@@ -10,7 +10,9 @@ method    estimate                                                    metrics
 ========  ==========================================================  ========================================
 source    the source validation metrics (naive baseline)              all (AUROC binary)
 ac        average BCTS-calibrated confidence, as an expected           all (expected AUROC, binary, as CBPE)
-          confusion matrix (CBPE); prior-adjusted with a target prior
+          confusion matrix (CBPE)
+ac_dc     ac with a distance check (Roschewitz & Glocker 2023):        all (as ac)
+          target images beyond the source's reach count at chance
 atc       average thresholded confidence (Garg et al. 2022)           accuracy
 doc       difference of confidences (Guillory et al. 2021)            accuracy
 iw        importance-weighted source metrics (density ratios)         all (weighted AUROC, binary)
@@ -21,12 +23,14 @@ cm_atc    per-predicted-class ATC -> confusion matrix; thresholds on   accuracy,
 Every method assumes no concept shift (P(y|x) unchanged), which no label-free method can check.
 """
 
+from shiftkit.estimate.distance import DistanceCheck, distance_check_from_embeddings
 from shiftkit.estimate.estimators import METHODS, MethodInfo
 from shiftkit.estimate.flags import (
     Flag,
     concept_shift_flag,
     covariate_shift_flag,
     extrapolation_flag,
+    far_from_source_flag,
     importance_weight_flag,
     label_shift_flag,
     sample_size_flag,
@@ -46,6 +50,7 @@ from shiftkit.estimate.weights import (
 __all__ = [
     "DEFAULT_METHODS",
     "DensityRatio",
+    "DistanceCheck",
     "EstimateResult",
     "EstimationData",
     "Flag",
@@ -61,8 +66,10 @@ __all__ = [
     "density_ratio_from_domain_proba",
     "density_ratio_from_embeddings",
     "density_ratio_from_weights",
+    "distance_check_from_embeddings",
     "estimate_performance",
     "extrapolation_flag",
+    "far_from_source_flag",
     "importance_weight_flag",
     "joint_confusion",
     "label_shift_flag",

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shiftkit.estimate.calibration import BCTS, calibrated_posteriors
+from shiftkit.estimate.distance import DistanceCheck
 from shiftkit.estimate.inputs import EstimationData
 from shiftkit.estimate.metrics import confusion_rates, joint_confusion, predictive_values, weighted_auroc
 from shiftkit.estimate.priors import replicate_priors_bbse, replicate_priors_em
@@ -59,6 +60,7 @@ class Context:
     prior_mode: str | None  # "em_bcts", "bbse", "fixed" or None
     prior: np.ndarray | None  # the point estimate (or the given prior)
     density: DensityRatio | None
+    distance: DistanceCheck | None = None
 
     def __post_init__(self) -> None:
         d = self.data
@@ -167,15 +169,10 @@ def estimate_iw(batch: Batch) -> dict[str, np.ndarray]:
     return out
 
 
-def estimate_ac(batch: Batch) -> dict[str, np.ndarray]:
-    """Average calibrated confidence, as an expected confusion matrix (NannyML's CBPE): each target image counts
-    its calibrated posterior P(y = i | x) in the cell (i, prediction). The posteriors are not moved to a target
-    prior: under covariate shift they are already right, and a label-shift (EM) prior is then biased; Bayes' rule
-    with the sensitivity/specificity of unadjusted posteriors at an EM prior was off by +0.13 in PPV under a pure
-    prior shift (0.5 -> 0.15) in our synthetic checks, where cm_atc was within 0.03. The label-shift-corrected
-    estimate is cm_atc's."""
+def _expected_confusion(batch: Batch, post: np.ndarray) -> dict[str, np.ndarray]:
+    """The expected confusion matrix (and, binary, the expected AUROC) of target posteriors ``post`` (B x n_t x K):
+    each target image counts P(y = i | x) in the cell (i, prediction)."""
     ctx = batch.ctx
-    post = batch.posteriors
     weighted = post * batch.wt[:, :, None]
     conf = np.matmul(np.swapaxes(weighted, 1, 2), ctx.tgt_pred_onehot)
     out = {"confusion": conf / batch.wt.sum(axis=1)[:, None, None]}
@@ -183,6 +180,30 @@ def estimate_ac(batch: Batch) -> dict[str, np.ndarray]:
         p_pos = post[:, :, ctx.positive]
         out["auroc"] = weighted_auroc(ctx.tgt_rank, batch.wt * p_pos, batch.wt * (1.0 - p_pos))
     return out
+
+
+def estimate_ac(batch: Batch) -> dict[str, np.ndarray]:
+    """Average calibrated confidence, as an expected confusion matrix (NannyML's CBPE): each target image counts
+    its calibrated posterior P(y = i | x) in the cell (i, prediction). The posteriors are not moved to a target
+    prior: under covariate shift they are already right, and a label-shift (EM) prior is then biased; Bayes' rule
+    with the sensitivity/specificity of unadjusted posteriors at an EM prior was off by +0.13 in PPV under a pure
+    prior shift (0.5 -> 0.15) in our synthetic checks, where cm_atc was within 0.03. The label-shift-corrected
+    estimate is cm_atc's."""
+    return _expected_confusion(batch, batch.posteriors)
+
+
+def estimate_ac_dc(batch: Batch) -> dict[str, np.ndarray]:
+    """``ac`` with the distance check (Roschewitz & Glocker 2023): a target image farther from the source
+    validation images than 99 % of them (:mod:`shiftkit.estimate.distance`) keeps its prediction but not its
+    confidence; its posterior becomes the source prevalence, so it counts as correct with the probability that a
+    prediction unrelated to the image is (the chance level of the class it predicts). The paper counts such images
+    as wrong (ATC-DC); chance level is what a model that has stopped reading the image still scores, and on
+    PneumoniaMNIST with noise, where nearly every image falls outside while the model still calls most of them
+    pneumonia (the majority class), "wrong" put the accuracy 0.58 below the truth (README)."""
+    ctx = batch.ctx
+    prior = batch.ws @ np.eye(ctx.data.n_classes)[ctx.labels] / batch.ws.sum(axis=1, keepdims=True)
+    inside = ctx.distance.target_inside[None, :, None]
+    return _expected_confusion(batch, np.where(inside, batch.posteriors, prior[:, None, :]))
 
 
 def estimate_atc(batch: Batch) -> dict[str, np.ndarray]:
@@ -256,6 +277,15 @@ METHODS: dict[str, MethodInfo] = {
         "then overestimates; label shift leaves the posteriors miscalibrated, biasing every metric (PPV/NPV are "
         "then withheld)",
         CONFUSION_METRICS + ("auroc",), _ALL_BINARY),
+    "ac_dc": MethodInfo(
+        "ac_dc", "average calibrated confidence with a distance check (ac; Roschewitz & Glocker 2023)",
+        f"{NO_CONCEPT_SHIFT}; as ac for the target images within the source's reach (their kNN distance in the "
+        f"model's embedding below the 99th percentile of the source's); beyond it, a prediction is right at the "
+        f"chance level of its class (the source prevalence: no label shift there)",
+        "a model that fails on images that still lie near the source in its own embedding (it overestimates, as "
+        "ac; a collapsed model maps corrupted images into one class's cluster); a model that still works far from "
+        "the source (it underestimates); label shift (as ac)",
+        CONFUSION_METRICS + ("auroc",), _ALL_BINARY),
     "atc": MethodInfo(
         "atc", "average thresholded confidence (Garg et al. 2022)",
         f"{NO_CONCEPT_SHIFT}; the share of target images above the source-fitted confidence threshold equals the "
@@ -286,8 +316,8 @@ METHODS: dict[str, MethodInfo] = {
 }
 
 ESTIMATORS: dict[str, Callable[[Batch], dict[str, np.ndarray]]] = {
-    "source": estimate_source, "ac": estimate_ac, "atc": estimate_atc, "doc": estimate_doc, "iw": estimate_iw,
-    "cm_atc": estimate_cm_atc,
+    "source": estimate_source, "ac": estimate_ac, "ac_dc": estimate_ac_dc, "atc": estimate_atc, "doc": estimate_doc,
+    "iw": estimate_iw, "cm_atc": estimate_cm_atc,
 }
 
 

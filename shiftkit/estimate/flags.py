@@ -8,6 +8,9 @@ a :class:`Flag` whose ``status`` is ``"raised"``, ``"clear"`` or ``"not_assessed
   recomputed at the target prevalence are withheld.
 - ``covariate_shift``: a domain classifier separates source and target almost perfectly (AUC >= 0.9): the target lies
   largely where the source validation set has no images, beyond what it can calibrate; importance weights degenerate.
+- ``far_from_source``: many target images lie farther from the source validation images, in the model's embedding,
+  than almost any source image does (the distance check): the confidence there was never calibrated; ``ac_dc``
+  scores those images at chance level, the other confidence-based methods trust them.
 - ``confident_shift``: strong covariate shift, yet the model is at least as confident on the target as on the source:
   confidence-based estimates cannot see confidently wrong predictions (on the real validation cases every large
   overestimate of PneumoniaMNIST under blur, noise and contrast loss was of this kind).
@@ -29,6 +32,7 @@ __all__ = [
     "confident_shift_flag",
     "covariate_shift_flag",
     "extrapolation_flag",
+    "far_from_source_flag",
     "importance_weight_flag",
     "label_shift_flag",
     "sample_size_flag",
@@ -37,6 +41,7 @@ __all__ = [
 MIN_TARGET = 30
 STRONG_DOMAIN_AUC = 0.9
 EXTRAPOLATION_FRACTION = 0.05
+FAR_FRACTION = 0.05  # five times what the distance check's 99th-percentile threshold lets through without shift
 LABEL_SHIFT_TV = 0.10  # shiftkit.shift.profile.STRONG_PRIOR_TV, used when no uncertainty is known
 
 
@@ -160,7 +165,24 @@ def covariate_shift_flag(domain_auc: float | None, threshold: float = STRONG_DOM
                 {"domain_auc": float(domain_auc), "threshold": threshold})
 
 
-CONFIDENCE_BASED = ("ac", "atc", "doc", "cm_atc")
+CONFIDENCE_BASED = ("ac", "ac_dc", "atc", "doc", "cm_atc")
+TRUSTS_EVERY_CONFIDENCE = tuple(m for m in CONFIDENCE_BASED if m != "ac_dc")
+
+
+def far_from_source_flag(outside_fraction: float | None, expected: float | None,
+                         threshold: float = FAR_FRACTION) -> Flag:
+    """Raised when at least ``threshold`` of the target images fail the distance check (``expected``: the share of
+    in-distribution images that fail it, 1 - its quantile)."""
+    if outside_fraction is None:
+        return Flag("far_from_source", "not_assessed", "no embeddings given: the distance check did not run", {},
+                    TRUSTS_EVERY_CONFIDENCE)
+    raised = outside_fraction >= threshold
+    values = {"outside_fraction": float(outside_fraction), "expected": expected, "threshold": threshold}
+    share = f"{outside_fraction:.0%} of the target images lie farther from the source than {1 - expected:.0%} of " \
+            f"the source images do (kNN distance in the model's embedding)"
+    message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, ac, atc, doc "
+               f"and cm_atc trust it" if raised else share)
+    return Flag("far_from_source", "raised" if raised else "clear", message, values, TRUSTS_EVERY_CONFIDENCE)
 
 
 def confident_shift_flag(source_confidence: Any, target_confidence: Any, domain_auc: float | None,

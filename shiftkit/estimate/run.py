@@ -13,6 +13,7 @@ from shiftkit.errors import ConfigError
 from shiftkit.estimate import flags as flagging
 from shiftkit.estimate.bootstrap import batch_size, percentile_interval, replicate_batches
 from shiftkit.estimate.calibration import BCTS
+from shiftkit.estimate.distance import DistanceCheck
 from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of
 from shiftkit.estimate.inputs import prepare
 from shiftkit.estimate.priors import PRIOR_METHODS, fixed_prior, point_prior
@@ -22,8 +23,10 @@ from shiftkit.estimate.weights import DensityRatio, density_ratio_from_weights
 
 __all__ = ["DEFAULT_METHODS", "estimate_performance", "total_variation_from_auc"]
 
-DEFAULT_METHODS = ("source", "ac", "atc", "doc", "cm_atc", "iw")
-CONSENSUS = ("ac", "atc", "doc")
+DEFAULT_METHODS = ("source", "ac", "ac_dc", "atc", "doc", "cm_atc", "iw")
+NEEDS = {"iw": "density_ratio", "ac_dc": "distance"}
+"""Methods that run only when their input is given (a default set leaves them out without it)."""
+CONSENSUS = ("ac", "ac_dc", "atc", "doc")
 """Estimators from different assumptions (calibrated confidence, a source-fitted threshold, the confidence change)
 whose intervals are pooled: each one's reported interval is the hull of their bootstrap intervals for the metric."""
 
@@ -93,6 +96,27 @@ def _shift_bound_intervals(results: list[EstimateResult], flag, source_accuracy:
     return widened
 
 
+def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[EstimateResult]:
+    """Widen ``ac_dc``'s accuracy interval by what its distance check cannot know: how the model does on the target
+    images beyond the source's reach. They count at chance level in the estimate; the interval lets them be all
+    wrong at its lower end and all right at its upper end (a partial-identification bound, exact whatever the model
+    does there), so it is as wide as the share of such images demands and no wider where they are few."""
+    if ctx.distance is None:
+        return results
+    outside = ~ctx.distance.target_inside
+    chance = ctx.source_prior[ctx.tgt_pred[outside]]
+    down, up = float(chance.sum()) / ctx.data.n_target, float((1.0 - chance).sum()) / ctx.data.n_target
+    widened = []
+    for r in results:
+        if r.method == "ac_dc" and r.metric == "accuracy" and r.interval is not None and r.withheld is None:
+            r = replace(r, interval=(max(0.0, r.interval[0] - down), min(1.0, r.interval[1] + up)), details={
+                **r.details, "distance_bound": {"outside": int(outside.sum()), "all_wrong": -down, "all_right": up},
+                "interval_from": r.details.get("interval_from", "bootstrap") + "; widened by the images beyond the "
+                                 f"distance check ({int(outside.sum())}: all wrong to all right)"})
+        widened.append(r)
+    return widened
+
+
 def _prior_setup(target_prior: Any, data) -> tuple[str | None, np.ndarray | None, float | None, str | None]:
     """(mode, point prior, p-value, description) from ``target_prior``: a method name, a LabelShiftResult, an array
     or dict, or None."""
@@ -122,7 +146,8 @@ def _density(density_ratio: Any, n_source: int) -> DensityRatio | None:
 
 def estimate_performance(source_logits: Any, source_labels: Any, target_logits: Any, *,
                          classes: Sequence | None = None, methods: Sequence[str] | None = None,
-                         target_prior: Any = "em_bcts", density_ratio: Any = None, domain_auc: float | None = None,
+                         target_prior: Any = "em_bcts", density_ratio: Any = None, distance: DistanceCheck | None = None,
+                         domain_auc: float | None = None,
                          score: str = "neg_entropy", positive: Any = None, bootstrap: int = 1000,
                          level: float = 0.95, seed: int = 0, min_target: int = flagging.MIN_TARGET,
                          withhold_uncorrected: bool = True) -> PerformanceEstimate:
@@ -130,10 +155,11 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
 
     ``source_logits`` (n_s x K) and ``source_labels``: the model on labelled source validation images it was not
     trained on; ``target_logits`` (n_t x K): the same model on the target. ``methods``: any of ``METHODS``
-    (default: all, ``iw`` only when ``density_ratio`` is given). ``target_prior``: ``"em_bcts"`` (default) or
+    (default: all, ``iw`` only when ``density_ratio`` is given, ``ac_dc`` only with ``distance``). ``target_prior``: ``"em_bcts"`` (default) or
     ``"bbse"`` (estimated here, re-estimated per replicate), a :class:`shiftkit.shift.label.LabelShiftResult`, an
     array/dict of priors (fixed), or None (no prevalence correction). ``density_ratio``: a
-    :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights. ``domain_auc``: a domain
+    :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights. ``distance``: a
+    :class:`~shiftkit.estimate.distance.DistanceCheck` of the same images (``ac_dc``). ``domain_auc``: a domain
     classifier's AUC for the covariate-shift flag (taken from ``density_ratio`` when it has one). ``score``: ATC's
     score. ``positive``: the positive class of a binary task (default: the second class). ``bootstrap`` replicates
     give ``level`` percentile intervals, seeded by ``seed``. ``withhold_uncorrected``: under a raised label-shift
@@ -148,8 +174,15 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     if not 0.0 < level < 1.0:
         raise ConfigError(f"level: must be in (0, 1), got {level}")
     density = _density(density_ratio, data.n_source)
+    given = {"density_ratio": density is not None, "distance": distance is not None}
+    if distance is not None and (len(distance.source_distances) != data.n_source
+                                 or len(distance.target_distances) != data.n_target):
+        raise ConfigError(f"distance: a check of {len(distance.source_distances)} source and "
+                          f"{len(distance.target_distances)} target images for {data.n_source} and {data.n_target}")
+    if distance is not None and not np.array_equal(distance.target_pred, data.target_pred):
+        raise ConfigError("distance: its target predictions are not the model's (build it from these outputs' argmax)")
     if methods is None:
-        methods = [m for m in DEFAULT_METHODS if m != "iw" or density is not None]
+        methods = [m for m in DEFAULT_METHODS if given.get(NEEDS.get(m, ""), True)]
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -157,6 +190,9 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     if "iw" in methods and density is None:
         raise ConfigError("methods: 'iw' needs density ratios (density_ratio=weights, or DensityRatio from "
                           "shiftkit.estimate.weights)")
+    if "ac_dc" in methods and distance is None:
+        raise ConfigError("methods: 'ac_dc' needs a distance check (distance=distance_check_from_embeddings(...) "
+                          "from shiftkit.estimate.distance)")
     if positive is None:
         pos = 1
     elif positive in data.classes:
@@ -165,7 +201,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
         raise ConfigError(f"positive: {positive!r} is not one of the classes {list(data.classes)!r}")
 
     mode, prior, p_value, prior_from = _prior_setup(target_prior, data)
-    ctx = Context(data, score, pos, BCTS(data.source_log_probs, data.source_labels), mode, prior, density)
+    ctx = Context(data, score, pos, BCTS(data.source_log_probs, data.source_labels), mode, prior, density, distance)
 
     point_batch = Batch.point(ctx)
     point = {m: metrics_of(m, ESTIMATORS[m](point_batch), point_batch) for m in methods}
@@ -195,6 +231,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
         label_flag,
         flagging.covariate_shift_flag(domain_auc),
+        flagging.far_from_source_flag(None if distance is None else distance.outside_fraction,
+                                      None if distance is None else 1.0 - distance.quantile),
         confident,
         flagging.importance_weight_flag(None if density is None else density.weights),
         flagging.concept_shift_flag(),
@@ -233,6 +271,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                 details=details))
 
     results = _consensus_intervals(results)
+    results = _distance_intervals(results, ctx)
     results = _shift_bound_intervals(results, confident, float(ctx.correct.mean()))
     target_prior_info = None
     if prior is not None:
@@ -243,6 +282,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
             target_prior_info["interval"] = {c: [float(a), float(b)] for c, a, b in zip(data.classes, lo, hi)}
     details = {"score": score, "calibration": ctx.bcts.details(),
                "density_ratio": None if density is None else density.details(),
+               "distance_check": None if distance is None else distance.details(),
                "source_accuracy": float(ctx.correct.mean()),
                "interval": "percentile bootstrap over source validation (within class) and target images jointly; "
                            "thresholds, calibration and target prior refitted in each replicate; for "

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from shiftkit.estimate.run import CONSENSUS
 from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page
 from shiftkit.report.plots import figure_png
@@ -76,7 +77,9 @@ def accuracy_png(result: dict) -> bytes:
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
     bound = "; confident_shift: the shift bound" if _confident_shift(result) else ""
-    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; ac, atc, doc: the hull of theirs{bound})")
+    distance = "; ac_dc: all wrong to all right beyond the distance check" if any(r["method"] == "ac_dc" for r in rows) else ""
+    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; {', '.join(CONSENSUS)}: the hull of theirs"
+                  f"{distance}{bound})", wrap=True)
     ax.set_title("Estimated accuracy at the target, by method")
     fig.tight_layout()
     return figure_png(fig)
