@@ -42,6 +42,7 @@ MIN_TARGET = 30
 STRONG_DOMAIN_AUC = 0.9
 EXTRAPOLATION_FRACTION = 0.05
 FAR_FRACTION = 0.05  # five times what the distance check's 99th-percentile threshold lets through without shift
+FAR_ALPHA = 0.001
 LABEL_SHIFT_TV = 0.10  # shiftkit.shift.profile.STRONG_PRIOR_TV, used when no uncertainty is known
 
 
@@ -169,17 +170,20 @@ CONFIDENCE_BASED = ("ac", "ac_dc", "atc", "doc", "cm_atc")
 TRUSTS_EVERY_CONFIDENCE = tuple(m for m in CONFIDENCE_BASED if m != "ac_dc")
 
 
-def far_from_source_flag(outside_fraction: float | None, expected: float | None,
-                         threshold: float = FAR_FRACTION) -> Flag:
-    """Raised when at least ``threshold`` of the target images fail the distance check (``expected``: the share of
-    in-distribution images that fail it, 1 - its quantile)."""
-    if outside_fraction is None:
+def far_from_source_flag(outside: int | None, n_target: int, expected: float | None, p_value: float | None,
+                         threshold: float = FAR_FRACTION, alpha: float = FAR_ALPHA) -> Flag:
+    """Raised when ``outside`` of ``n_target`` images fail the distance check: at least ``threshold`` of them, and
+    significantly more (``p_value`` < ``alpha``) than a target distributed as the source would show (``expected``,
+    :meth:`shiftkit.estimate.distance.DistanceCheck.null_p_value`: a small source lets more through by chance, and
+    that alone must not raise it)."""
+    if outside is None or expected is None or p_value is None:
         return Flag("far_from_source", "not_assessed", "no embeddings given: the distance check did not run", {},
                     TRUSTS_EVERY_CONFIDENCE)
-    raised = outside_fraction >= threshold
-    values = {"outside_fraction": float(outside_fraction), "expected": expected, "threshold": threshold}
-    share = f"{outside_fraction:.0%} of the target images lie farther from the source than {1 - expected:.0%} of " \
-            f"the source images do (kNN distance in the model's embedding)"
+    fraction = outside / n_target
+    raised = fraction >= threshold and p_value < alpha
+    values = {"outside_fraction": fraction, "expected": expected, "p_value": p_value, "threshold": threshold}
+    share = (f"{fraction:.0%} of the target images lie farther from the source than the source images themselves "
+             f"do (kNN distance in the model's embedding; {expected:.1%} expected without shift, p = {p_value:.2g})")
     message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, ac, atc, doc "
                f"and cm_atc trust it" if raised else share)
     return Flag("far_from_source", "raised" if raised else "clear", message, values, TRUSTS_EVERY_CONFIDENCE)
