@@ -135,3 +135,24 @@ def test_with_a_small_source_a_null_target_seldom_raises_the_flag_and_a_far_clus
             raised.append(flag.raised)
     assert np.mean(null_raised) <= 0.05, np.mean(null_raised)
     assert np.mean(far_raised) >= 0.9, np.mean(far_raised)
+
+
+def test_under_confident_shift_ac_dc_is_capped_by_the_prediction_rate_bound():
+    """Every target image called class 1 with confidence 0.9997, inside the source's reach: the distance check cannot
+    see it, yet with a source prevalence of 0.5 no classifier that calls everything class 1 is right more than half
+    the time (the truth here). With the flag raised (domain AUC 0.99) ac_dc says 0.5; without it, about 1."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    source = np.stack([-(2 * labels - 1) * 2.0, (2 * labels - 1) * 2.0], axis=1) + rng.normal(0, 0.3, (400, 2))
+    target = np.tile([[-4.0, 4.0]], (300, 1))
+    within = DistanceCheck(np.zeros(400), np.zeros(300), np.full(2, np.inf), np.ones(300, dtype=int),
+                           np.full(2, 200), 25, 0.99)
+    for auc, capped in ((0.99, True), (0.6, False)):
+        result = estimate_performance(source, labels, target, methods=["ac_dc"], distance=within, domain_auc=auc,
+                                      target_prior=None, bootstrap=50)
+        ac_dc = result.get("ac_dc")
+        if capped:
+            assert ac_dc.estimate == pytest.approx(1.0 - abs(1.0 - labels.mean()), abs=1e-9)
+            assert ac_dc.details["prediction_rate_bound"]["binds"]
+        else:
+            assert ac_dc.estimate > 0.99 and "prediction_rate_bound" not in ac_dc.details

@@ -14,7 +14,7 @@ from shiftkit.estimate import flags as flagging
 from shiftkit.estimate.bootstrap import batch_size, percentile_interval, replicate_batches
 from shiftkit.estimate.calibration import BCTS
 from shiftkit.estimate.distance import DistanceCheck
-from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of
+from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of, prediction_rate_bound
 from shiftkit.estimate.inputs import prepare
 from shiftkit.estimate.priors import PRIOR_METHODS, fixed_prior, point_prior
 from shiftkit.estimate.result import EstimateResult, PerformanceEstimate
@@ -202,6 +202,11 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
 
     mode, prior, p_value, prior_from = _prior_setup(target_prior, data)
     ctx = Context(data, score, pos, BCTS(data.source_log_probs, data.source_labels), mode, prior, density, distance)
+    if domain_auc is None and density is not None:
+        domain_auc = density.domain_auc
+    # raised, it widens the affected intervals to the shift bound and caps ac_dc at the prediction-rate bound
+    confident = flagging.confident_shift_flag(ctx.src_conf, ctx.tgt_conf, domain_auc)
+    ctx.confident_shift = confident.raised
 
     point_batch = Batch.point(ctx)
     point = {m: metrics_of(m, ESTIMATORS[m](point_batch), point_batch) for m in methods}
@@ -220,12 +225,9 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                 prior_reps.append(batch.priors)
     prior_reps_arr = np.concatenate(prior_reps) if prior_reps else None
 
-    if domain_auc is None and density is not None:
-        domain_auc = density.domain_auc
     label_flag = flagging.label_shift_flag(data.source_prior, prior, classes=data.classes, p_value=p_value,
                                            replicates=prior_reps_arr, level=level,
                                            posterior_prevalence=point_batch.posteriors[0].mean(axis=0))
-    confident = flagging.confident_shift_flag(ctx.src_conf, ctx.tgt_conf, domain_auc)  # it also widens intervals
     flag_list = [
         flagging.sample_size_flag(data.n_target, min_target),
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
@@ -264,6 +266,9 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                                 f"prevalence-corrected method (cm_atc with a target prior)")
             if corrected and metric in ("accuracy", "ppv", "npv"):
                 details["target_prior_from"] = prior_from
+            if m == "ac_dc" and metric == "accuracy" and ctx.confident_shift:
+                bound = float(prediction_rate_bound(point_batch, data.source_prior[None])[0])
+                details["prediction_rate_bound"] = {"bound": bound, "binds": bool(estimate >= bound - 1e-12)}
             results.append(EstimateResult(
                 method=m, metric=metric, class_name=None if c is None else data.classes[c],
                 estimate=None if withheld or not np.isfinite(estimate) else estimate,
