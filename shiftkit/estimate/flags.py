@@ -171,19 +171,20 @@ TRUSTS_EVERY_CONFIDENCE = tuple(m for m in CONFIDENCE_BASED if m != "ac_dc")
 
 
 def far_from_source_flag(outside: int | None, n_target: int, expected: float | None, p_value: float | None,
-                         threshold: float = FAR_FRACTION, alpha: float = FAR_ALPHA) -> Flag:
-    """Raised when ``outside`` of ``n_target`` images fail the distance check: at least ``threshold`` of them, and
-    significantly more (``p_value`` < ``alpha``) than a target distributed as the source would show (``expected``,
-    :meth:`shiftkit.estimate.distance.DistanceCheck.null_p_value`: a small source lets more through by chance, and
-    that alone must not raise it)."""
+                         quantile: float = 0.99, threshold: float = FAR_FRACTION, alpha: float = FAR_ALPHA) -> Flag:
+    """Raised when ``outside`` of ``n_target`` images fail the distance check (whose threshold is the ``quantile``
+    of the source's distances): at least ``threshold`` of them, and significantly more (``p_value`` < ``alpha``,
+    :meth:`shiftkit.estimate.distance.DistanceCheck.null_p_value`) than the ``expected`` share a target distributed
+    as the source would show (a small source lets more through by chance, and that alone must not raise it)."""
     if outside is None or expected is None or p_value is None:
         return Flag("far_from_source", "not_assessed", "no embeddings given: the distance check did not run", {},
                     TRUSTS_EVERY_CONFIDENCE)
     fraction = outside / n_target
     raised = fraction >= threshold and p_value < alpha
     values = {"outside_fraction": fraction, "expected": expected, "p_value": p_value, "threshold": threshold}
-    share = (f"{fraction:.0%} of the target images lie farther from the source than the source images themselves "
-             f"do (kNN distance in the model's embedding; {expected:.1%} expected without shift, p = {p_value:.2g})")
+    share = (f"{fraction:.0%} of the target images fail the distance check: their mean distance to the nearest "
+             f"source images, in the model's embedding, exceeds what {quantile:.0%} of source images show ({expected:.1%} "
+             f"expected without shift, p = {p_value:.2g})")
     message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, ac, atc, doc "
                f"and cm_atc trust it" if raised else share)
     return Flag("far_from_source", "raised" if raised else "clear", message, values, TRUSTS_EVERY_CONFIDENCE)

@@ -13,7 +13,7 @@ from shiftkit.errors import ConfigError
 from shiftkit.estimate import flags as flagging
 from shiftkit.estimate.bootstrap import batch_size, percentile_interval, replicate_batches
 from shiftkit.estimate.calibration import BCTS
-from shiftkit.estimate.distance import DistanceCheck
+from shiftkit.estimate.distance import QUANTILE, DistanceCheck
 from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of, prediction_rate_bound
 from shiftkit.estimate.inputs import prepare
 from shiftkit.estimate.priors import PRIOR_METHODS, fixed_prior, point_prior
@@ -146,8 +146,8 @@ def _density(density_ratio: Any, n_source: int) -> DensityRatio | None:
 
 def estimate_performance(source_logits: Any, source_labels: Any, target_logits: Any, *,
                          classes: Sequence | None = None, methods: Sequence[str] | None = None,
-                         target_prior: Any = "em_bcts", density_ratio: Any = None, distance: DistanceCheck | None = None,
-                         domain_auc: float | None = None,
+                         target_prior: Any = "em_bcts", density_ratio: Any = None,
+                         distance: DistanceCheck | None = None, domain_auc: float | None = None,
                          score: str = "neg_entropy", positive: Any = None, bootstrap: int = 1000,
                          level: float = 0.95, seed: int = 0, min_target: int = flagging.MIN_TARGET,
                          withhold_uncorrected: bool = True) -> PerformanceEstimate:
@@ -155,10 +155,11 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
 
     ``source_logits`` (n_s x K) and ``source_labels``: the model on labelled source validation images it was not
     trained on; ``target_logits`` (n_t x K): the same model on the target. ``methods``: any of ``METHODS``
-    (default: all, ``iw`` only when ``density_ratio`` is given, ``ac_dc`` only with ``distance``). ``target_prior``: ``"em_bcts"`` (default) or
-    ``"bbse"`` (estimated here, re-estimated per replicate), a :class:`shiftkit.shift.label.LabelShiftResult`, an
-    array/dict of priors (fixed), or None (no prevalence correction). ``density_ratio``: a
-    :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights. ``distance``: a
+    (default: all, ``iw`` only when ``density_ratio`` is given, ``ac_dc`` only with ``distance``).
+    ``target_prior``: ``"em_bcts"`` (default) or ``"bbse"`` (estimated here, re-estimated per replicate), a
+    :class:`shiftkit.shift.label.LabelShiftResult`, an array/dict of priors (fixed), or None (no prevalence
+    correction). ``density_ratio``: a :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights.
+    ``distance``: a
     :class:`~shiftkit.estimate.distance.DistanceCheck` of the same images (``ac_dc``). ``domain_auc``: a domain
     classifier's AUC for the covariate-shift flag (taken from ``density_ratio`` when it has one). ``score``: ATC's
     score. ``positive``: the positive class of a binary task (default: the second class). ``bootstrap`` replicates
@@ -235,7 +236,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
         flagging.covariate_shift_flag(domain_auc),
         flagging.far_from_source_flag(None if distance is None else int(np.sum(~distance.target_inside)),
                                       data.n_target, None if distance is None else distance.expected_outside,
-                                      None if distance is None else distance.null_p_value(seed=seed)),
+                                      None if distance is None else distance.null_p_value(seed=seed),
+                                      QUANTILE if distance is None else distance.quantile),
         confident,
         flagging.importance_weight_flag(None if density is None else density.weights),
         flagging.concept_shift_flag(),

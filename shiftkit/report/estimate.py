@@ -51,7 +51,10 @@ def headline(result: dict) -> str:
     row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
     text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
     if _confident_shift(result, method):
-        text += " (an upper bound: confident_shift raised; the interval spans the shift bound)"
+        cap = (row.get("details") or {}).get("prediction_rate_bound") or {}
+        capped = (f"; capped at the prediction-rate bound {cap['bound']:.3f}, SRC's prevalence standing in for the "
+                  f"target's" if cap.get("binds") else "")
+        text += f" (an upper bound: confident_shift raised; the interval spans the shift bound{capped})"
     if result["measured"]:
         text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
     return text
@@ -77,7 +80,8 @@ def accuracy_png(result: dict) -> bytes:
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
     bound = "; confident_shift: the shift bound" if _confident_shift(result) else ""
-    distance = "; ac_dc: all wrong to all right beyond the distance check" if any(r["method"] == "ac_dc" for r in rows) else ""
+    far = any(r["method"] == "ac_dc" for r in rows)
+    distance = "; ac_dc: all wrong to all right beyond the distance check" if far else ""
     ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; {', '.join(CONSENSUS)}: the hull of theirs"
                   f"{distance}{bound})", wrap=True)
     ax.set_title("Estimated accuracy at the target, by method")
@@ -113,8 +117,8 @@ def html(result: dict) -> str:
         prior = result["target_prior"]
         page.heading("Class priors")
         page.table(["class", "source", "target (estimated)", "interval"],
-                   [[c, prior["source"].get(c), prior["target"].get(c),
-                     str(prior.get("interval", {}).get(c)) if prior.get("interval") else None]
+                   [[c, f"{prior['source'][c]:.3f}", f"{prior['target'][c]:.3f}",
+                     "[{:.3f}, {:.3f}]".format(*prior["interval"][c]) if prior.get("interval") else None]
                     for c in prior["source"]])
         page.paragraph(f"target prior from {prior['from']}", "note")
     page.heading("Settings")
