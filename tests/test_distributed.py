@@ -32,6 +32,9 @@ from shiftkit.finetune.distributed import SINGLE, DistContext, GlobalBatchSample
 UPDATE_TOL = 0.35  # relative difference of the weight updates
 RUNNING_TOL = 5e-3  # relative difference of the BatchNorm running statistics
 LOSS_TOL = 1e-2  # absolute, per-epoch training loss and final validation/test loss
+LOSS_REL = 1e-3  # relative, for large losses: 2 ranks sum float32 gradients in another order, and lp_ft's fine-tuning
+# epoch after a linear probe on random features runs at losses of 60-900 (huge logits), which amplify it: 5e-5 (train)
+# and 3e-4 (val) relative on a 2-core EPYC with torch 2.14. A rank that skipped a sync would be off by far more.
 AUROC_TOL = 0.05
 
 
@@ -109,10 +112,11 @@ def _compare_runs(single: Path, multi: Path, initial: dict[str, torch.Tensor]) -
     assert b["environment"]["world_size"] == 2 and a["environment"]["world_size"] == 1
     assert not (multi / "checkpoints" / "last.pt.tmp").exists()
     for key in ("train_loss", "val_loss"):
-        assert [h[key] for h in b["history"]] == pytest.approx([h[key] for h in a["history"]], abs=LOSS_TOL), key
+        assert [h[key] for h in b["history"]] == pytest.approx([h[key] for h in a["history"]], abs=LOSS_TOL,
+                                                               rel=LOSS_REL), key
     assert [h["trainable_params"] for h in b["history"]] == [h["trainable_params"] for h in a["history"]]
     for split in ("val", "test"):
-        assert b[split]["loss"] == pytest.approx(a[split]["loss"], abs=LOSS_TOL), split
+        assert b[split]["loss"] == pytest.approx(a[split]["loss"], abs=LOSS_TOL, rel=LOSS_REL), split
         assert b[split]["auroc"] == pytest.approx(a[split]["auroc"], abs=AUROC_TOL), split
     wa = torch.load(single / "checkpoints" / "last.pt", weights_only=True)["model_state"]
     wb = torch.load(multi / "checkpoints" / "last.pt", weights_only=True)["model_state"]

@@ -344,6 +344,12 @@ def test_consensus_intervals_are_the_hull_of_ac_atc_doc_and_keep_the_sampling_in
     assert by[("ac", "accuracy")].details["interval_from"] == "hull of the bootstrap intervals of ac, atc, doc"
     assert by[("source", "accuracy")].interval == (0.5, 0.9)  # the naive baseline keeps its own
     assert by[("ac", "ppv")].interval == (0.1, 0.2)  # only the same metric pools
+    # the prevalence-corrected reading joins only under a raised label-shift flag
+    three = [result("ac", (0.70, 0.80)), result("doc", (0.72, 0.85)), result("cm_atc", (0.50, 0.78))]
+    assert {r.method: r.interval for r in _consensus_intervals(three)}["cm_atc"] == (0.50, 0.78)
+    pooled = {r.method: r for r in _consensus_intervals(three, label_shift=True)}
+    assert pooled["ac"].interval == pooled["cm_atc"].interval == (0.50, 0.85)
+    assert pooled["ac"].details["interval_from"] == "hull of the bootstrap intervals of ac, cm_atc, doc"
     # a NaN interval (an estimate not computable in the replicates) never poisons the others, wherever it comes
     nan = float("nan")
     widened = _consensus_intervals([result("ac", (nan, nan)), result("atc", (0.60, 0.75)), result("doc", (0.72, 0.85))])

@@ -29,18 +29,24 @@ NEEDS = {"iw": "density_ratio", "ac_dc": "distance"}
 CONSENSUS = ("ac", "ac_dc", "atc", "doc")
 """Estimators from different assumptions (calibrated confidence, a source-fitted threshold, the confidence change)
 whose intervals are pooled: each one's reported interval is the hull of their bootstrap intervals for the metric."""
+LABEL_SHIFT_READING = "cm_atc"
+"""The prevalence-corrected estimator, pooled too when the label-shift flag is raised: label-free data cannot tell a
+prevalence change from a covariate shift that moves the predictions (README), so both readings stay admissible."""
 
 
-def _consensus_intervals(results: list[EstimateResult]) -> list[EstimateResult]:
-    """Widen the :data:`CONSENSUS` methods' intervals to the hull of theirs for the same metric and class.
+def _consensus_intervals(results: list[EstimateResult], label_shift: bool = False) -> list[EstimateResult]:
+    """Widen the :data:`CONSENSUS` methods' intervals to the hull of theirs for the same metric and class, with
+    :data:`LABEL_SHIFT_READING`'s when ``label_shift`` (the flag raised and that method prevalence-corrected).
 
     A bootstrap interval holds only sampling error; under shift the larger error is the estimator's own bias, which
     resampling cannot see. Where estimators built on different assumptions disagree, the truth is uncertain by at
     least that much: on the first 23 real validation cases (README) the bootstrap interval of ``ac`` covered the true
     accuracy 12 times, the hull of ac, atc and doc 22 times. Only finite intervals of estimates that are not
     withheld are pooled; the bootstrap interval stays in ``details["sampling_interval"]``."""
+    members_of = CONSENSUS + ((LABEL_SHIFT_READING,) if label_shift else ())
+
     def pooled(r: EstimateResult) -> bool:
-        return (r.method in CONSENSUS and r.withheld is None and r.interval is not None
+        return (r.method in members_of and r.withheld is None and r.interval is not None
                 and all(v is not None and np.isfinite(v) for v in r.interval))
 
     hulls: dict[tuple, tuple[float, float]] = {}
@@ -278,7 +284,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                 withheld=withheld or (None if np.isfinite(estimate) else "not estimable on these data"),
                 details=details))
 
-    results = _consensus_intervals(results)
+    results = _consensus_intervals(results, label_shift=label_flag.raised and prior is not None
+                                   and METHODS[LABEL_SHIFT_READING].uses_target_prior)
     results = _distance_intervals(results, ctx)
     results = _shift_bound_intervals(results, confident, float(ctx.correct.mean()))
     target_prior_info = None
@@ -295,8 +302,10 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                "interval": "percentile bootstrap over source validation (within class) and target images jointly; "
                            "thresholds, calibration and target prior refitted in each replicate; for "
                            f"{', '.join(CONSENSUS)} the hull of their intervals (sampling error and the estimators' "
-                           "disagreement); under a raised confident_shift flag, the accuracy intervals of the "
-                           "methods it affects also span the shift bound (source accuracy ± TV)"}
+                           f"disagreement), with {LABEL_SHIFT_READING}'s under a raised label_shift flag; ac_dc's "
+                           "accuracy also spans the images beyond the distance check (all wrong to all right); under "
+                           "a raised confident_shift flag, the accuracy intervals of the methods it affects also span "
+                           "the shift bound (source accuracy ± TV)"}
     return PerformanceEstimate(
         classes=data.classes, positive_class=data.classes[pos] if data.n_classes == 2 else None,
         n_source=data.n_source, n_target=data.n_target, level=level, bootstrap=bootstrap, seed=int(seed),
