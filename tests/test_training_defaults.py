@@ -164,10 +164,12 @@ def test_auto_rgn_has_the_reference_weight_decay(phantom_dir):
 
 def test_protocol_paper_gives_the_pre_change_engine_numbers(phantom_dir):
     """Recorded on the engine before issue 12 (commit 62ae129) with tests/helpers.make_trainer, epochs 3, lr 1e-3,
-    lp_epochs 1: train losses then validation losses per epoch, on an older torch. Only the first epoch is compared,
-    to 1 %: torch releases change the CPU kernels' float rounding, and training the backbone amplifies it (under torch
-    2.14.1 the first epoch of l1_sp moved by 0.5 %, the third epochs of lp_ft, l1_sp and l2_sp by up to 0.2, while the
-    head-only epochs, lp and lp_ft's first, still agreed to 1e-6). The settings themselves are checked exactly above."""
+    lp_epochs 1: train losses then validation losses per epoch, on an older torch. Only the first epoch is compared:
+    torch releases and CPUs change the kernels' float rounding, and training the backbone amplifies it (under torch
+    2.14.1 the first epoch of l1_sp moved by 0.5 % on one 2-core EPYC and by 2.7 %, l2_sp's validation loss by 1.5 %,
+    on another with AVX2 only; the third epochs by up to 0.28), while the head-only epochs, lp's and lp_ft's first,
+    agree to 1e-6 everywhere. So those are compared to 1e-4 and the backbone-training ones to 5 %. The settings
+    themselves are checked exactly above."""
     paper = resolve_protocol("paper")
     assert paper == {"lp_solver": "adam", "class_weight": "none", "sp_update": "penalty", "alpha": 0.01, "beta": 0.01}
     recorded = json.loads(PAPER_RECORD.read_text())
@@ -179,7 +181,8 @@ def test_protocol_paper_gives_the_pre_change_engine_numbers(phantom_dir):
         trainer.fit()
         epochs = len(trainer.history)
         got = [trainer.history[0]["train_loss"], trainer.history[0]["val_loss"]]
-        assert got == pytest.approx([expected[0], expected[epochs]], rel=1e-2), strategy
+        head_only = strategy in ("lp", "lp_ft")
+        assert got == pytest.approx([expected[0], expected[epochs]], rel=1e-4 if head_only else 5e-2), strategy
 
 
 def test_protocol_options_resolve_with_given_options_winning():

@@ -13,7 +13,7 @@ from shiftkit.errors import ConfigError
 from shiftkit.estimate import flags as flagging
 from shiftkit.estimate.bootstrap import batch_size, percentile_interval, replicate_batches
 from shiftkit.estimate.calibration import BCTS
-from shiftkit.estimate.distance import QUANTILE, DistanceCheck
+from shiftkit.estimate.distance import DistanceCheck
 from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of, prediction_rate_bound
 from shiftkit.estimate.inputs import prepare
 from shiftkit.estimate.priors import PRIOR_METHODS, fixed_prior, point_prior
@@ -123,6 +123,13 @@ def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[Est
     return widened
 
 
+def _far_from_source(distance: DistanceCheck | None, n_target: int, seed: int) -> flagging.Flag:
+    if distance is None:
+        return flagging.far_from_source_flag(None, n_target, None, None)
+    return flagging.far_from_source_flag(int(np.sum(~distance.target_inside)), n_target, distance.expected_outside,
+                                         distance.null_p_value(seed=seed), distance.quantile)
+
+
 def _prior_setup(target_prior: Any, data) -> tuple[str | None, np.ndarray | None, float | None, str | None]:
     """(mode, point prior, p-value, description) from ``target_prior``: a method name, a LabelShiftResult, an array
     or dict, or None."""
@@ -165,12 +172,11 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     ``target_prior``: ``"em_bcts"`` (default) or ``"bbse"`` (estimated here, re-estimated per replicate), a
     :class:`shiftkit.shift.label.LabelShiftResult`, an array/dict of priors (fixed), or None (no prevalence
     correction). ``density_ratio``: a :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights.
-    ``distance``: a
-    :class:`~shiftkit.estimate.distance.DistanceCheck` of the same images (``ac_dc``). ``domain_auc``: a domain
-    classifier's AUC for the covariate-shift flag (taken from ``density_ratio`` when it has one). ``score``: ATC's
-    score. ``positive``: the positive class of a binary task (default: the second class). ``bootstrap`` replicates
-    give ``level`` percentile intervals, seeded by ``seed``. ``withhold_uncorrected``: under a raised label-shift
-    flag, PPV/NPV not computed at the estimated target prevalence are withheld.
+    ``distance``: a :class:`~shiftkit.estimate.distance.DistanceCheck` of the same images (``ac_dc``).
+    ``domain_auc``: a domain classifier's AUC for the covariate-shift flag (taken from ``density_ratio`` when it has
+    one). ``score``: ATC's score. ``positive``: the positive class of a binary task (default: the second class).
+    ``bootstrap`` replicates give ``level`` percentile intervals, seeded by ``seed``. ``withhold_uncorrected``: under
+    a raised label-shift flag, PPV/NPV not computed at the estimated target prevalence are withheld.
     """
     data = prepare(source_logits, source_labels, target_logits, classes)
     if score not in SCORES:
@@ -240,10 +246,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
         label_flag,
         flagging.covariate_shift_flag(domain_auc),
-        flagging.far_from_source_flag(None if distance is None else int(np.sum(~distance.target_inside)),
-                                      data.n_target, None if distance is None else distance.expected_outside,
-                                      None if distance is None else distance.null_p_value(seed=seed),
-                                      QUANTILE if distance is None else distance.quantile),
+        _far_from_source(distance, data.n_target, seed),
         confident,
         flagging.importance_weight_flag(None if density is None else density.weights),
         flagging.concept_shift_flag(),
