@@ -49,9 +49,11 @@ def test_same_scanner_interval_covers_the_measured_accuracy(trained, tmp_path):
                    and r["metric"] == "accuracy")
     lo, hi = default["interval"]
     assert lo - 1e-9 <= measured <= hi + 1e-9, (default, measured)  # a perfect model: 1.0 vs 1 - 3e-14
-    assert {r["method"] for r in report["estimates"]} >= {"source", "ac", "atc", "doc", "cm_atc", "iw"}
+    assert {r["method"] for r in report["estimates"]} >= {"source", "ac", "ac_dc", "atc", "doc", "cm_atc", "iw"}
+    assert report["default_method"] == "ac_dc" and report["details"]["distance_check"]["neighbours"] >= 1
     flags = {f["code"]: f["status"] for f in report["flags"]}
     assert flags["covariate_shift"] == "clear" and flags["concept_shift"] == "not_assessed"
+    assert flags["far_from_source"] in ("clear", "raised")  # the check ran on the checkpoint's embeddings
     assert "estimated accuracy at the target" in result.output and "measured with the target's labels" in result.output
     html = (tmp_path / "e" / "estimate.html").read_text()
     assert "<img" in html and "What each method assumes" in html

@@ -183,8 +183,8 @@ def far_from_source_flag(outside: int | None, n_target: int, expected: float | N
     raised = fraction >= threshold and p_value < alpha
     values = {"outside_fraction": fraction, "expected": expected, "p_value": p_value, "threshold": threshold}
     share = (f"{fraction:.0%} of the target images fail the distance check: their mean distance to the nearest "
-             f"source images, in the model's embedding, exceeds what {quantile:.0%} of source images show ({expected:.1%} "
-             f"expected without shift, p = {p_value:.2g})")
+             f"source images, in the model's embedding, exceeds what {quantile:.0%} of source images show "
+             f"({expected:.1%} expected without shift, p = {p_value:.2g})")
     message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, ac, atc, doc "
                f"and cm_atc trust it" if raised else share)
     return Flag("far_from_source", "raised" if raised else "clear", message, values, TRUSTS_EVERY_CONFIDENCE)
