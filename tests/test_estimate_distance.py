@@ -110,7 +110,7 @@ def test_bad_distance_inputs_raise_one_clear_line():
         estimate_performance(source_logits, source_y, target_logits, methods=["ac_dc"], bootstrap=10)
     with pytest.raises(ConfigError, match="distance: a check of"):
         estimate_performance(source_logits, source_y, target_logits[:-1], distance=check, bootstrap=10)
-    with pytest.raises(DataError, match="dimension"):
+    with pytest.raises(DataError, match="of one width"):
         distance_check_from_embeddings(np.ones((5, 3)), [0, 1, 0, 1, 0], np.ones((4, 2)), [0, 1, 0, 1])
     default = estimate_performance(source_logits, source_y, target_logits, bootstrap=10)
     assert "ac_dc" not in default.methods and default.flag("far_from_source").status == "not_assessed"
