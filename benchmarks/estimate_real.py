@@ -124,7 +124,7 @@ def atc_dc_as_published(src_proba, src_y, tgt_proba, distance) -> dict:
 
 def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, bootstrap: int) -> dict:
     from shiftkit.data.table import load_table
-    from shiftkit.estimate import density_ratio_from_embeddings, distance_check_from_embeddings, estimate_performance
+    from shiftkit.estimate import embedding_inputs, estimate_performance
     from shiftkit.estimate.command import EstimateRequest, measured_metrics, model_outputs
     from shiftkit.features import load_finetuned
     from shiftkit.finetune.trainer import resolve_device
@@ -137,11 +137,11 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     src_y = np.array([classes.index(r.labels[0]) for r in src_table.records])
     tgt_y = np.array([classes.index(r.labels[0]) for r in tgt_table.records])
     started = time.perf_counter()
-    density = density_ratio_from_embeddings(src.embeddings, tgt.embeddings, seed=0)
-    distance = distance_check_from_embeddings(src.embeddings, src_y, tgt.embeddings, tgt.probabilities.argmax(1))
+    inputs = embedding_inputs(src.embeddings, src_y, tgt.embeddings, tgt.probabilities.argmax(1), seed=0)
+    density, distance = inputs["density_ratio"], inputs["distance"]
     estimate = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
                                     np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
-                                    density_ratio=density, distance=distance, bootstrap=bootstrap, seed=0)
+                                    bootstrap=bootstrap, seed=0, **inputs)
     seconds = time.perf_counter() - started
     truth = measured_metrics(tgt.probabilities, tgt_y, classes, classes[1] if len(classes) == 2 else None)
     methods = {r.method: {"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}

@@ -38,7 +38,7 @@ from shiftkit.estimate.flags import (
 from shiftkit.estimate.inputs import EstimationData, prepare
 from shiftkit.estimate.metrics import confusion_rates, joint_confusion, predictive_values, weighted_auroc
 from shiftkit.estimate.result import EstimateResult, PerformanceEstimate
-from shiftkit.estimate.run import DEFAULT_METHODS, estimate_performance
+from shiftkit.estimate.run import DEFAULT_METHODS, embedding_inputs, estimate_performance
 from shiftkit.estimate.thresholds import atc_estimate, atc_threshold, confidence_scores
 from shiftkit.estimate.weights import (
     DensityRatio,
@@ -67,6 +67,7 @@ __all__ = [
     "density_ratio_from_embeddings",
     "density_ratio_from_weights",
     "distance_check_from_embeddings",
+    "embedding_inputs",
     "estimate_performance",
     "extrapolation_flag",
     "far_from_source_flag",

@@ -110,7 +110,7 @@ def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
     content."""
     from shiftkit import __version__
     from shiftkit.data.table import load_table
-    from shiftkit.estimate import density_ratio_from_embeddings, distance_check_from_embeddings, estimate_performance
+    from shiftkit.estimate import embedding_inputs, estimate_performance
     from shiftkit.features import load_finetuned
     from shiftkit.finetune.trainer import resolve_device
 
@@ -133,14 +133,12 @@ def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
         tick = on_stage(f"model outputs on {name}", -(-len(table) // request.batch_size)) if on_stage else None
         outputs[name] = model_outputs(table, adapted, device, request, tick)
     src, tgt = outputs["source-val"], outputs["target"]
-    density = density_ratio_from_embeddings(src.embeddings, tgt.embeddings, seed=request.seed)
-    distance = distance_check_from_embeddings(src.embeddings, source_y, tgt.embeddings, tgt.probabilities.argmax(1))
     positive = request.positive if request.positive is not None else (classes[1] if len(classes) == 2 else None)
     estimate = estimate_performance(
         np.log(np.clip(src.probabilities, 1e-12, None)), source_y, np.log(np.clip(tgt.probabilities, 1e-12, None)),
         classes=classes, methods=request.methods, target_prior=None if request.prior == "none" else request.prior,
-        density_ratio=density, distance=distance, positive=positive, bootstrap=request.bootstrap, level=request.level,
-        seed=request.seed)
+        positive=positive, bootstrap=request.bootstrap, level=request.level, seed=request.seed,
+        **embedding_inputs(src.embeddings, source_y, tgt.embeddings, tgt.probabilities.argmax(1), seed=request.seed))
     result = {
         "checkpoint": str(request.checkpoint), "source_val": str(request.source_val), "target": str(request.target),
         "default_method": DEFAULT_METHOD if DEFAULT_METHOD in request.methods else request.methods[0],

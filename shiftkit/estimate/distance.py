@@ -3,10 +3,10 @@ images, in the model's own embedding, than almost any source image does.
 
 A confidence-based estimate trusts the model's (calibrated) confidence on every target image. Far from the data the
 calibration was fitted on, that confidence means little: blurred or noisy radiographs were classified as pneumonia
-more confidently than clean ones while a quarter to a third of them were wrong (README). The check measures, for each image, the
-mean distance to its ``k`` nearest source neighbours on the unit sphere (embeddings L2-normalised, so the scale of a
-backbone does not matter); a source image's own distance leaves itself out. The threshold per predicted class is the
-``quantile`` of the source distances of that class (class-wise, as in the paper, when it has at least
+more confidently than clean ones while a quarter to a third of them were wrong (README). The check measures, for each
+image, the mean distance to its ``k`` nearest source neighbours on the unit sphere (embeddings L2-normalised, so the
+scale of a backbone does not matter); a source image's own distance leaves itself out. The threshold per predicted
+class is the ``quantile`` of the source distances of that class (class-wise, as in the paper, when it has at least
 ``min_class`` source images; else the global one), so about 1 - ``quantile`` of in-distribution images fall outside:
 more with a small source, where the quantile of a few dozen distances sits near their maximum. For exchangeable
 images the chance that a new one exceeds the ``j``-th smallest of ``n`` values is Beta(n - j + 1, j)-distributed

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from shiftkit.estimate.distance import QUANTILE
+
 __all__ = [
     "Flag",
     "concept_shift_flag",
@@ -171,7 +173,7 @@ TRUSTS_EVERY_CONFIDENCE = tuple(m for m in CONFIDENCE_BASED if m != "ac_dc")
 
 
 def far_from_source_flag(outside: int | None, n_target: int, expected: float | None, p_value: float | None,
-                         quantile: float = 0.99, threshold: float = FAR_FRACTION, alpha: float = FAR_ALPHA) -> Flag:
+                         quantile: float = QUANTILE, threshold: float = FAR_FRACTION, alpha: float = FAR_ALPHA) -> Flag:
     """Raised when ``outside`` of ``n_target`` images fail the distance check (whose threshold is the ``quantile``
     of the source's distances): at least ``threshold`` of them, and significantly more (``p_value`` < ``alpha``,
     :meth:`shiftkit.estimate.distance.DistanceCheck.null_p_value`) than the ``expected`` share a target distributed
@@ -185,8 +187,8 @@ def far_from_source_flag(outside: int | None, n_target: int, expected: float | N
     share = (f"{fraction:.0%} of the target images fail the distance check: their mean distance to the nearest "
              f"source images, in the model's embedding, exceeds what {quantile:.0%} of source images show "
              f"({expected:.1%} expected without shift, p = {p_value:.2g})")
-    message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, ac, atc, doc "
-               f"and cm_atc trust it" if raised else share)
+    message = (f"{share}: their confidence was never calibrated; ac_dc scores them at chance level, "
+               f"{', '.join(TRUSTS_EVERY_CONFIDENCE)} trust it" if raised else share)
     return Flag("far_from_source", "raised" if raised else "clear", message, values, TRUSTS_EVERY_CONFIDENCE)
 
 

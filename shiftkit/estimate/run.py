@@ -21,7 +21,7 @@ from shiftkit.estimate.result import EstimateResult, PerformanceEstimate
 from shiftkit.estimate.thresholds import SCORES
 from shiftkit.estimate.weights import DensityRatio, density_ratio_from_weights
 
-__all__ = ["DEFAULT_METHODS", "estimate_performance", "total_variation_from_auc"]
+__all__ = ["DEFAULT_METHODS", "embedding_inputs", "estimate_performance", "total_variation_from_auc"]
 
 DEFAULT_METHODS = ("source", "ac", "ac_dc", "atc", "doc", "cm_atc", "iw")
 NEEDS = {"iw": "density_ratio", "ac_dc": "distance"}
@@ -121,6 +121,18 @@ def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[Est
                                  f"distance check ({int(outside.sum())}: all wrong to all right)"})
         widened.append(r)
     return widened
+
+
+def embedding_inputs(source_embeddings: Any, source_labels: Any, target_embeddings: Any, target_pred: Any,
+                     seed: int = 0) -> dict[str, Any]:
+    """What :func:`estimate_performance` takes from the model's embeddings, as its keyword arguments: the density
+    ratio (``iw``, the covariate flags) and the distance check (``ac_dc``, ``far_from_source``)."""
+    from shiftkit.estimate.distance import distance_check_from_embeddings
+    from shiftkit.estimate.weights import density_ratio_from_embeddings
+
+    return {"density_ratio": density_ratio_from_embeddings(source_embeddings, target_embeddings, seed=seed),
+            "distance": distance_check_from_embeddings(source_embeddings, source_labels, target_embeddings,
+                                                       target_pred)}
 
 
 def _far_from_source(distance: DistanceCheck | None, n_target: int, seed: int) -> flagging.Flag:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shiftkit.estimate.run import CONSENSUS
+from shiftkit.estimate.run import CONSENSUS, LABEL_SHIFT_READING
 from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page
 from shiftkit.report.plots import figure_png
@@ -82,8 +82,10 @@ def accuracy_png(result: dict) -> bytes:
     bound = "; confident_shift: the shift bound" if _confident_shift(result) else ""
     far = any(r["method"] == "ac_dc" for r in rows)
     distance = "; ac_dc: all wrong to all right beyond the distance check" if far else ""
-    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; {', '.join(CONSENSUS)}: the hull of theirs"
-                  f"{distance}{bound})", wrap=True)
+    label_shift = any(f["code"] == "label_shift" and f["status"] == "raised" for f in result["flags"])
+    pooled = ", ".join(CONSENSUS) + (f" and {LABEL_SHIFT_READING} (label_shift)" if label_shift else "")
+    ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; {pooled}: the hull of theirs{distance}{bound})",
+                  wrap=True)
     ax.set_title("Estimated accuracy at the target, by method")
     fig.tight_layout()
     return figure_png(fig)

@@ -19,7 +19,7 @@ CAVEAT = ("The source images must not have been used to train the checkpoint: it
 
 
 def _measure(ctx: SectionContext) -> dict | None:
-    from shiftkit.estimate import density_ratio_from_embeddings, distance_check_from_embeddings, estimate_performance
+    from shiftkit.estimate import embedding_inputs, estimate_performance
     from shiftkit.estimate.command import DEFAULT_METHOD, measured_metrics
 
     data = ctx.data
@@ -35,10 +35,9 @@ def _measure(ctx: SectionContext) -> dict | None:
     estimate = estimate_performance(
         np.log(np.clip(data.source.probabilities, 1e-12, None)), labels,
         np.log(np.clip(data.target.probabilities, 1e-12, None)), classes=classes,
-        density_ratio=density_ratio_from_embeddings(data.source.embeddings, data.target.embeddings, seed=seed),
-        distance=distance_check_from_embeddings(data.source.embeddings, labels, data.target.embeddings,
-                                                data.target.probabilities.argmax(axis=1)),
-        positive=positive, bootstrap=BOOTSTRAP, seed=seed).to_dict()
+        positive=positive, bootstrap=BOOTSTRAP, seed=seed,
+        **embedding_inputs(data.source.embeddings, labels, data.target.embeddings,
+                           data.target.probabilities.argmax(axis=1), seed=seed)).to_dict()
     target = data.target_table
     labelled = [i for i, r in enumerate(target.records) if r.labels]
     measured = None
