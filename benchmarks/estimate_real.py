@@ -4,7 +4,8 @@ Models and splits come from ``benchmarks/estimate_models.py`` (run it first). Ca
 - HAM10000: a model fine-tuned on rosendahl or vidir_modern (binary ``mel`` vs ``nv``, and multi-class), SRC = the
   training site's held-out ``cal`` split, every other site a target;
 - PneumoniaMNIST and BreastMNIST: SRC = val, targets = the test split clean, with planted corruptions at three
-  severities (Gaussian blur, contrast reduction, Gaussian noise), and resampled to planted prevalences.
+  severities (Gaussian blur, contrast reduction, Gaussian noise), and resampled to planted prevalences; apart from
+  the main table, the clean and corrupted test splits subsampled to SRC's prevalence (the corruption alone).
 Per case and method (``shiftkit.estimate``; NannyML's CBPE on the same model outputs as the peer column): the
 estimate of accuracy, its interval, and the accuracy measured with the target's labels. The summary per method:
 mean absolute error, worst error, interval coverage and width, and how often it beat the naive baseline (source
@@ -30,6 +31,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 CORRUPTIONS = {"blur": (0.5, 1.0, 2.0), "contrast": (0.7, 0.5, 0.3), "noise": (0.05, 0.1, 0.2)}
 PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling the clean test split
+# The test split, clean and with each corruption, subsampled to SRC's positive share: the planted corruption without
+# the split's own prevalence change (PneumoniaMNIST: 74 % pneumonia in val, 62.5 % in test). Reported apart from the
+# main table ("variant" cases), whose cases stay as they were.
+AT_SRC = " at SRC prevalence"
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,7 +72,7 @@ def corrupted(test: Path, kind: str, severity: float, out: Path) -> Path:
     return _write(manifest, rows)
 
 
-def prevalence(test: Path, positive_share: float, out: Path, classes: list[str]) -> Path:
+def prevalence(test: Path, positive_share: float, out: Path, classes: list[str], name: str | None = None) -> Path:
     """The largest subsample of the test split (without replacement, seeded) with the planted positive share."""
     rows = _rows(test)
     rng = np.random.default_rng(0)
@@ -76,7 +81,12 @@ def prevalence(test: Path, positive_share: float, out: Path, classes: list[str])
     n = int(min(len(positive) / positive_share, len(negative) / (1 - positive_share)))
     keep = ([positive[i] for i in rng.choice(len(positive), int(round(positive_share * n)), replace=False)]
             + [negative[i] for i in rng.choice(len(negative), n - int(round(positive_share * n)), replace=False)])
-    return _write(out / f"prevalence_{positive_share}.csv", keep)
+    return _write(out / (name or f"prevalence_{positive_share}.csv"), keep)
+
+
+def positive_share(manifest: Path, classes: list[str]) -> float:
+    labels = [label for _, label in _rows(manifest)]
+    return labels.count(classes[1]) / len(labels)
 
 
 def cbpe(src_proba, src_y, tgt_proba, classes) -> dict | None:
@@ -177,15 +187,24 @@ def summarise(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: row["mae"])
 
 
+def variant(result: dict) -> bool:
+    """A case of the at-SRC-prevalence variant (kept out of the main table)."""
+    return result["case"].endswith(AT_SRC)
+
+
 GROUPS = {"HAM10000": lambda r: r["case"].startswith("ham"), "BreastMNIST": lambda r: r["case"].startswith("breast"),
           "PneumoniaMNIST": lambda r: r["case"].startswith("pneumonia"),
           "confident_shift raised": lambda r: "confident_shift" in r["flags"],
           "confident_shift not raised": lambda r: "confident_shift" not in r["flags"]}
+VARIANT_GROUPS = {"BreastMNIST" + AT_SRC: lambda r: r["case"].startswith("breast"),
+                  "PneumoniaMNIST" + AT_SRC: lambda r: r["case"].startswith("pneumonia")}
 
 
 def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
     """Every method over all cases, then per group (data set; confident_shift raised or not): MAE, how many
     intervals cover the truth, mean width; and the cases where the default method's interval misses."""
+    variants = [r for r in results if variant(r)]
+    results = [r for r in results if not variant(r)]
     summary = summarise(results)
     print(f"\n{len(results)} cases")
     print(f"{'method':17s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
@@ -194,19 +213,20 @@ def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
         width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
         print(f"{row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
               f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
-    print(f"\n{'group':27s} {'method':17s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
-    for group, member in GROUPS.items():
-        cases = [r for r in results if member(r)]
+    print(f"\n{'group':34s} {'method':17s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
+    grouped = [(group, [r for r in results if member(r)]) for group, member in GROUPS.items()]
+    grouped += [(group, [r for r in variants if member(r)]) for group, member in VARIANT_GROUPS.items()]
+    for group, cases in grouped:
         for row in summarise(cases) if cases else []:
             covered = round(row["coverage"] * row["cases"]) if row["coverage"] is not None else 0
             width = f"{row['mean_width']:.2f}" if row["mean_width"] is not None else "—"
-            print(f"{group:27s} {row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} "
+            print(f"{group:34s} {row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} "
                   f"{covered:>3d} of {row['cases']:<2d} {width:>6s}")
     def missed(r: dict) -> bool:
         interval = r["methods"].get(default, {}).get("interval")
         return bool(interval) and not interval[0] <= r["true_accuracy"] <= interval[1]
 
-    misses = [r for r in results if missed(r)]
+    misses = [r for r in results + variants if missed(r)]
     print(f"\n{default}'s interval misses the truth in {len(misses)} case(s):")
     for r in misses:
         print(f"  {r['case']}: true {r['true_accuracy']:.3f}, {default} {r['methods'][default]['estimate']:.3f} "
@@ -242,11 +262,18 @@ def main() -> None:
             test = Path(case["test"])
             classes = sorted({label for _, label in _rows(Path(case["train"]))})
             targets["test_clean"] = str(test)
+            source_share = positive_share(Path(case["cal"]), classes)
+            at_source_share = {"test_clean" + AT_SRC: str(prevalence(test, source_share, args.runs / case["name"],
+                                                                     classes, "test_at_src_prevalence.csv"))}
             for kind, severities in CORRUPTIONS.items():
                 for severity in severities:
-                    targets[f"{kind}_{severity}"] = str(corrupted(test, kind, severity, args.runs / case["name"] / "corrupted"))
+                    manifest = corrupted(test, kind, severity, args.runs / case["name"] / "corrupted")
+                    targets[f"{kind}_{severity}"] = str(manifest)
+                    at_source_share[f"{kind}_{severity}{AT_SRC}"] = str(
+                        prevalence(manifest, source_share, manifest.parent, classes, "at_src_prevalence.csv"))
             for share in PREVALENCES:
                 targets[f"prevalence_{share}"] = str(prevalence(test, share, args.runs / case["name"], classes))
+            targets.update(at_source_share)
         for target_name, target in targets.items():
             name = f"{case['name']} -> {target_name}"
             if name in done:
@@ -256,7 +283,8 @@ def main() -> None:
             done_file.write_text(json.dumps(results, indent=1))  # resumable: one case at a time
             shown = ", ".join(f"{m} {v['estimate']:.3f}" for m, v in result["methods"].items() if v["estimate"] is not None)
             print(f"{name}: true {result['true_accuracy']:.3f}; {shown}; flags {result['flags']}", flush=True)
-    (args.runs / "estimate_summary.json").write_text(json.dumps(summarise(results), indent=1))
+    (args.runs / "estimate_summary.json").write_text(json.dumps(summarise([r for r in results if not variant(r)]),
+                                                                indent=1))
     print_summary(results)
 
 if __name__ == "__main__":

@@ -73,7 +73,10 @@ def test_report_has_the_documented_keys_and_finds_planted_shifts(domains, tmp_pa
     classifier = label["details"]["classifier"]  # what the priors rest on, said in the report
     assert classifier["representation"] in ("embedding", "early-block statistics")
     assert classifier["n_held_out"] == report["dataset"]["n_source"]  # cross-fitted: every source image held out
-    assert f"on the {classifier['representation']} ({classifier['held_out']})" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert f"on the {classifier['representation']} ({classifier['held_out']})" in page
+    for c in CLASSES:  # priors to 3 decimals (EM's floors were printed as 1.873e-11)
+        assert f"<td>{label['target_prior'][c]:.3f}</td><td>{label['ci'][c][0]:.3f} –" in page
 
 
 def test_same_scanner_same_priors_is_not_flagged(domains, tmp_path):

@@ -79,10 +79,15 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(phantom_dir
     out = tmp_path / "killed"
     process = subprocess.Popen(_finetune(phantom_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
+    deadline, seen = time.time() + 120, None
     while time.time() < deadline and process.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1:
-            break
+        stamp = last.stat().st_mtime_ns if last.is_file() else None
+        # read the checkpoint (weights and optimiser state) only when it was written again: loading it every poll
+        # competed with the run for the CPU
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            if torch.load(last, weights_only=True)["epoch"] >= 1:
+                break
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -62,6 +62,11 @@ def _covariate_html(page: Page, _content, ctx: SectionContext) -> None:
         page.table(["field", "source", "target"], [[m["field"], m["source"], m["target"]] for m in differing])
 
 
+def _three(value: float | None) -> str | None:
+    """A prior or weight to 3 decimals (the page's general 4 significant digits print EM's 1e-11 floors as such)."""
+    return None if value is None else f"{value:.3f}"
+
+
 def _label_html(page: Page, _content, ctx: SectionContext) -> None:
     profile = ctx.profile
     if profile.label is None:
@@ -70,8 +75,8 @@ def _label_html(page: Page, _content, ctx: SectionContext) -> None:
     label = profile.label
     true = profile.true_target_prior or {}
     page.table(["class", "source prior", "target prior (estimated)", "95% interval", "weight q/p", "true target"],
-               [[c, label.source_prior[c], label.target_prior[c],
-                 f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", label.weights.get(c), true.get(c)]
+               [[c, _three(label.source_prior[c]), _three(label.target_prior[c]),
+                 f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", _three(label.weights.get(c)), _three(true.get(c))]
                 for c in label.classes])
     page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}. "
                    f"{_classifier_line(label.details.get('classifier') or {})}", "note")
