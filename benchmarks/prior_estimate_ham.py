@@ -185,11 +185,13 @@ def summarise(results: list[dict]) -> None:
     chosen = [r["representation"] for r in default]
     print("default's representation, per seed x planted prior:",
           {name: chosen.count(name) for name in sorted(set(chosen))})
-    for planted in PLANTED:
-        rows = [r for r in default if r["planted"] == planted]
-        print(f"default, {METHODS[0]}, {planted}: L1 {np.mean([r['l1'] for r in rows]):.3f}, class CI coverage "
-              f"{np.mean([r['coverage'] for r in rows]):.2f}, every class covered in "
-              f"{sum(r['all_covered'] for r in rows)} of {len(rows)}")
+    checkpoint = [r for r in results if r["classifier"].startswith("fine-tuned") and r["method"] == METHODS[0]]
+    for name, runs in (("default", default), ("checkpoint", checkpoint)):
+        for planted in PLANTED if runs else ():
+            rows = [r for r in runs if r["planted"] == planted]
+            print(f"{name}, {METHODS[0]}, {planted}: L1 {np.mean([r['l1'] for r in rows]):.3f}, class CI coverage "
+                  f"{np.mean([r['coverage'] for r in rows]):.2f}, every class covered in "
+                  f"{sum(r['all_covered'] for r in rows)} of {len(rows)}")
 
 if __name__ == "__main__":
     main()

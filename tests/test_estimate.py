@@ -231,6 +231,21 @@ def test_prevalence_correction_recovers_ppv_under_pure_prior_shift():
     assert withheld.estimate is None and "label shift" in withheld.withheld
 
 
+def test_a_class_absent_from_the_target_gets_a_prior_interval_from_zero():
+    """A target of class 0 only: the replicate priors (Newton steps kept above 1e-8) used to give class 1 an interval
+    starting at 1e-8, excluding the true 0; priors below one in a million are now 0 (measured over 5 seeds: the
+    interval starts at 0 in all 5, its upper end at most 0.015)."""
+    model = fitted_model(sep=1.5)
+    for seed in range(3):
+        rng = np.random.default_rng(20 + seed)
+        xs, ys = sample(rng, 1000, sep=1.5)
+        xt, _ = sample(rng, 1000, sep=1.5, prior=(1.0, 0.0))
+        result = estimate_performance(logits(model, xs), ys, logits(model, xt), methods=["cm_atc"], bootstrap=200,
+                                      seed=seed)
+        lo, hi = result.target_prior["interval"][1]
+        assert lo == 0.0 and hi < 0.03, result.target_prior
+
+
 def test_estimated_density_ratio_weights_recover_the_tilt(model):
     rng = np.random.default_rng(21)
     xs, ys = sample(rng, 1500)

@@ -68,7 +68,7 @@ def replicate_priors_em(posteriors: np.ndarray, weights: np.ndarray, source_prio
             limit = np.where(delta < 0, (floor - q) / delta, np.inf)
         alpha = np.minimum(1.0, 0.99 * limit.min(axis=1))
         q = q + np.clip(alpha, 0.0, 1.0)[:, None] * delta
-    return _to_simplex(q)
+    return label.snap_to_boundary(_to_simplex(q))  # the floor above keeps an absent class at 1e-8, not 0
 
 
 def replicate_priors_bbse(source_labels: np.ndarray, source_pred: np.ndarray, target_pred: np.ndarray,
