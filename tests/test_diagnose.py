@@ -75,8 +75,9 @@ def test_report_has_the_documented_keys_and_finds_planted_shifts(domains, tmp_pa
     assert classifier["n_held_out"] == report["dataset"]["n_source"]  # cross-fitted: every source image held out
     page = (tmp_path / "report.html").read_text()
     assert f"on the {classifier['representation']} ({classifier['held_out']})" in page
-    for c in CLASSES:  # priors to 3 decimals (EM's floors were printed as 1.873e-11)
-        assert f"<td>{label['target_prior'][c]:.3f}</td><td>{label['ci'][c][0]:.3f} –" in page
+    for c in CLASSES:  # priors to 3 decimals (a prior of 1e-11 was printed as 1e-11, 0.65661 as 0.6566)
+        shown = f"{round(label['target_prior'][c], 3):.4g}"
+        assert f'<td class="num">{shown}</td><td>{label["ci"][c][0]:.3f} –' in page
 
 
 def test_same_scanner_same_priors_is_not_flagged(domains, tmp_path):

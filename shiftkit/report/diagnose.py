@@ -62,9 +62,10 @@ def _covariate_html(page: Page, _content, ctx: SectionContext) -> None:
         page.table(["field", "source", "target"], [[m["field"], m["source"], m["target"]] for m in differing])
 
 
-def _three(value: float | None) -> str | None:
-    """A prior or weight to 3 decimals (the page's general 4 significant digits print EM's 1e-11 floors as such)."""
-    return None if value is None else f"{value:.3f}"
+def _three(value: float | None) -> float | None:
+    """A prior or weight rounded to 3 decimals (the page's general 4 significant digits printed a prior of 1e-11 as
+    such), still a number so that its cell stays right-aligned."""
+    return None if value is None else round(float(value), 3)
 
 
 def _label_html(page: Page, _content, ctx: SectionContext) -> None:

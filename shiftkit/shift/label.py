@@ -51,6 +51,7 @@ METHODS = ("em_bcts", "bbse", "rlls")
 
 __all__ = [
     "METHODS",
+    "PRIOR_FLOOR",
     "LabelShiftResult",
     "SourceClassifier",
     "bbse",
@@ -58,6 +59,7 @@ __all__ = [
     "estimate_label_shift",
     "fit_bcts",
     "rlls",
+    "snap_to_boundary",
 ]
 
 
@@ -302,7 +304,8 @@ def em_bcts(val_logits: Any, val_labels: Any, target_logits: Any, source_prior: 
     """Target prior by EM/MLLS on BCTS-calibrated posteriors (Saerens et al. 2002; Alexandari et al. 2020).
 
     ``val_logits`` (n x C) and ``val_labels`` (n, class indices) come from held-out source data; ``target_logits``
-    (m x C) from the target. Returns a length-C array summing to 1.
+    (m x C) from the target. Returns a length-C array summing to 1; a prior below :data:`PRIOR_FLOOR` is 0
+    (:func:`snap_to_boundary`).
     """
     val_z, y, tgt_z, p = _validated(val_logits, val_labels, target_logits, source_prior)
     return _em_bcts(val_z, y, tgt_z, p)[0]
