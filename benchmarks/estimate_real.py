@@ -73,7 +73,8 @@ def corrupted(test: Path, kind: str, severity: float, out: Path) -> Path:
 
 
 def prevalence(test: Path, positive_share: float, out: Path, classes: list[str], name: str | None = None) -> Path:
-    """The largest subsample of the test split (without replacement, seeded) with the planted positive share."""
+    """The largest subsample of a split's manifest (without replacement, seeded) with the planted positive share,
+    written to ``out/name``."""
     rows = _rows(test)
     rng = np.random.default_rng(0)
     positive = [r for r in rows if r[1] == classes[1]]

@@ -102,6 +102,7 @@ def checkpoint_rows(model: Path, split: Path, seeds: int, bootstrap: int) -> lis
                 covered = [result["ci"][c][0] <= t <= result["ci"][c][1] for c, t in zip(classes, truth)]
                 rows.append({"seed": seed, "classifier": "fine-tuned checkpoint (lp_ft)", "planted": planted_name,
                              "method": method, "n_source": len(labels["cal"]), "n_target": int(len(keep)),
+                             "covered": dict(zip(classes, map(bool, covered))),
                              "held_out_accuracy": classifier.details["held_out_accuracy"],
                              "balanced_accuracy": classifier.details["held_out_balanced_accuracy"],
                              "l1": float(np.abs(estimate - truth).sum()), "coverage": float(np.mean(covered)),
@@ -154,6 +155,7 @@ def main() -> None:
                     covered = [result["ci"][c][0] <= t <= result["ci"][c][1] for c, t in zip(CLASSES, truth)]
                     results.append({"seed": seed, "classifier": name, "planted": planted_name, "method": method,
                                     "n_source": len(source_rows), "n_target": len(rows),
+                                    "covered": dict(zip(CLASSES, map(bool, covered))),
                                     "held_out_accuracy": classifier.details["held_out_accuracy"],
                                     "balanced_accuracy": classifier.details.get("held_out_balanced_accuracy"),
                                     "C": classifier.details["C"], "fit_seconds": round(fit_seconds, 2),
@@ -192,6 +194,11 @@ def summarise(results: list[dict]) -> None:
             print(f"{name}, {METHODS[0]}, {planted}: L1 {np.mean([r['l1'] for r in rows]):.3f}, class CI coverage "
                   f"{np.mean([r['coverage'] for r in rows]):.2f}, every class covered in "
                   f"{sum(r['all_covered'] for r in rows)} of {len(rows)}")
+        classes = runs[0].get("covered", {}) if runs else {}  # results.json of an older run has no per-class record
+        per_class = {c: [r["covered"][c] for r in runs] for c in classes}
+        if per_class:  # which class the misses are (an absent class's true prior is exactly 0)
+            print(f"{name}, {METHODS[0]}, runs whose interval covers the planted prior, per class: "
+                  + ", ".join(f"{c} {sum(v)} of {len(v)}" for c, v in per_class.items()))
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,9 @@ def test_same_scanner_interval_covers_the_measured_accuracy(trained, tmp_path):
     assert "estimated accuracy at the target" in result.output and "measured with the target's labels" in result.output
     html = (tmp_path / "e" / "estimate.html").read_text()
     assert "<img" in html and "What each method assumes" in html
+    for c, prior in report["target_prior"]["target"].items():  # a number cell (right-aligned), 3 decimals
+        assert f'<td>{c}</td><td class="num">{round(report["target_prior"]["source"][c], 3):.4g}</td>' in html
+        assert f'<td class="num">{round(prior, 3):.4g}</td>' in html
 
 
 def test_a_shifted_target_raises_the_covariate_flag_and_never_prints_a_bare_number(trained, tmp_path):

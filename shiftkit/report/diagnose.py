@@ -12,7 +12,7 @@ from rich.table import Table
 from shiftkit.io import json_text, write_files
 from shiftkit.report import plots
 from shiftkit.recommend.measured import recommend_for_report
-from shiftkit.report.html import Page
+from shiftkit.report.html import Page, rounded
 from shiftkit.report.sections import SectionContext, register, sections
 from shiftkit.shift import registry
 from shiftkit.shift.diagnose import Embedded
@@ -62,12 +62,6 @@ def _covariate_html(page: Page, _content, ctx: SectionContext) -> None:
         page.table(["field", "source", "target"], [[m["field"], m["source"], m["target"]] for m in differing])
 
 
-def _three(value: float | None) -> float | None:
-    """A prior or weight rounded to 3 decimals (the page's general 4 significant digits printed a prior of 1e-11 as
-    such), still a number so that its cell stays right-aligned."""
-    return None if value is None else round(float(value), 3)
-
-
 def _label_html(page: Page, _content, ctx: SectionContext) -> None:
     profile = ctx.profile
     if profile.label is None:
@@ -76,8 +70,8 @@ def _label_html(page: Page, _content, ctx: SectionContext) -> None:
     label = profile.label
     true = profile.true_target_prior or {}
     page.table(["class", "source prior", "target prior (estimated)", "95% interval", "weight q/p", "true target"],
-               [[c, _three(label.source_prior[c]), _three(label.target_prior[c]),
-                 f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", _three(label.weights.get(c)), _three(true.get(c))]
+               [[c, rounded(label.source_prior[c]), rounded(label.target_prior[c]),
+                 f"{label.ci[c][0]:.3f} – {label.ci[c][1]:.3f}", rounded(label.weights.get(c)), rounded(true.get(c))]
                 for c in label.classes])
     page.paragraph(f"Method {label.method}; test of no label shift p = {label.p_value:.3g}. "
                    f"{_classifier_line(label.details.get('classifier') or {})}", "note")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from shiftkit.estimate.run import CONSENSUS, LABEL_SHIFT_READING
 from shiftkit.io import json_text, write_files
-from shiftkit.report.html import Page
+from shiftkit.report.html import Page, rounded
 from shiftkit.report.plots import figure_png
 
 matplotlib.use("Agg")
@@ -107,7 +107,7 @@ def html(result: dict) -> str:
         truth = measured.get(r["metric"]) if r["class"] in (None, result["positive_class"]) else None
         if truth is None and r["class"] is not None:
             truth = measured.get("per_class", {}).get(str(r["class"]), {}).get(r["metric"])
-        rows.append([r["method"], _label(r), _span(r), truth])
+        rows.append([r["method"], _label(r), _span(r), rounded(truth)])  # as many decimals as the estimates
     page.table(["method", "metric", "estimate [interval]", "measured (target labels)"], rows)
     if result["measured_note"]:
         page.paragraph(result["measured_note"], "note")
@@ -119,7 +119,7 @@ def html(result: dict) -> str:
         prior = result["target_prior"]
         page.heading("Class priors")
         page.table(["class", "source", "target (estimated)", "interval"],
-                   [[c, f"{prior['source'][c]:.3f}", f"{prior['target'][c]:.3f}",
+                   [[c, rounded(prior["source"][c]), rounded(prior["target"][c]),
                      "[{:.3f}, {:.3f}]".format(*prior["interval"][c]) if prior.get("interval") else None]
                     for c in prior["source"]])
         page.paragraph(f"target prior from {prior['from']}", "note")

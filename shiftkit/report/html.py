@@ -17,6 +17,12 @@ img { max-width: 100%; } .note { color: #555; font-size: .9em; }
 """
 
 
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """A share (a prior, a weight, an accuracy) rounded for a table: the cell's 4 significant digits printed a prior
+    of 1e-11 as such; still a number, so that its cell stays right-aligned."""
+    return None if value is None else round(float(value), digits)
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f'<td class="num">{value:.4g}</td>'
