@@ -315,8 +315,8 @@ def test_pneumoniamnist_official_test_split_violates_the_assumption(pneumonia):
 def test_a_class_absent_from_the_target_gets_an_interval_from_zero(pneumonia):
     """Targets of 300 pneumonia images (normal absent, truth exactly 0). EM approaches the boundary and never
     reaches it: the estimate used to end at 1e-11 and the interval's lower end at 1e-300, excluding the truth in
-    every run. Now priors below one in a million are 0, and the interval starts at 0 in at least 4 of 5 seeds
-    (measured: in 9 of 10; the one miss estimated 0.02 with a lower end of 0.0016)."""
+    every run. Now priors below one in a million are 0, and the interval starts at 0 in at least 4 of these 5 seeds
+    (seed 2 is the one that does not: it estimates 0.02, its interval from 0.0016)."""
     clf, x_pool, y_pool, _, _ = pneumonia
     starts_at_zero = 0
     for seed in range(5):
