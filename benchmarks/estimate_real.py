@@ -7,9 +7,11 @@ Models and splits come from ``benchmarks/estimate_models.py`` (run it first). Ca
   severities (Gaussian blur, contrast reduction, Gaussian noise), and resampled to planted prevalences; apart from
   the main table, the clean and corrupted test splits subsampled to SRC's prevalence (the corruption alone).
 Per case and method (``shiftkit.estimate``; NannyML's CBPE on the same model outputs as the peer column): the
-estimate of accuracy, its interval, and the accuracy measured with the target's labels. The summary per method:
-mean absolute error, worst error, interval coverage and width, and how often it beat the naive baseline (source
-accuracy); then per data set and per confident_shift flag, and the cases where the default's interval misses.
+estimate of accuracy, its interval, and the accuracy measured with the target's labels. One column is not
+label-free: ``ac_dc_known_prevalence``, the default method told the target's class shares (``--prior CLASS=P,...``:
+what a site's case mix gives), which shows how much of the error the unknown prevalence carries. The summary per
+method: mean absolute error, worst error, interval coverage and width, and how often it beat the naive baseline
+(source accuracy); then per data set and per confident_shift flag, and the cases where the default's interval misses.
 
     python3 benchmarks/estimate_real.py --runs /work/runs/estimate [--bootstrap 500]
     python3 benchmarks/estimate_real.py --summary-only /work/runs/estimate/estimate_results.json   # the tables again
@@ -35,6 +37,8 @@ PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling t
 # the split's own prevalence change (PneumoniaMNIST: 74 % pneumonia in val, 62.5 % in test). Reported apart from the
 # main table ("variant" cases), whose cases stay as they were.
 AT_SRC = " at SRC prevalence"
+KNOWN_PREVALENCE = "ac_dc_known_prevalence"
+"""The default method told the target's true class shares (``--prior CLASS=P,...``): not label-free, a column apart."""
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -158,6 +162,14 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     methods = {r.method: {"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
                for r in estimate.results if r.metric == "accuracy"}
     methods["atc_dc_published"] = atc_dc_as_published(src.probabilities, src_y, tgt.probabilities, distance)
+    # Not label-free: the same estimate told the target's true class shares (what a site's case mix or registry
+    # gives, as `--prior CLASS=P,...`), to show how much of the error the unknown prevalence carries.
+    known = dict(zip(classes, (np.bincount(tgt_y, minlength=len(classes)) / len(tgt_y)).tolist()))
+    informed = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
+                                    np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
+                                    target_prior=known, bootstrap=bootstrap, seed=0, **inputs)
+    methods[KNOWN_PREVALENCE] = next({"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
+                                     for r in informed.results if r.method == DEFAULT_METHOD and r.metric == "accuracy")
     peer = cbpe(src.probabilities, src_y, tgt.probabilities, classes)
     if peer is not None:
         methods["nannyml_cbpe"] = peer
@@ -208,20 +220,20 @@ def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
     results = [r for r in results if not variant(r)]
     summary = summarise(results)
     print(f"\n{len(results)} cases")
-    print(f"{'method':17s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
+    print(f"{'method':22s} {'cases':>5s} {'MAE':>6s} {'worst':>6s} {'coverage':>8s} {'<= source':>9s} {'width':>6s}")
     for row in summary:
         coverage = f"{row['coverage']:.2f}" if row["coverage"] is not None else "—"
         width = f"{row['mean_width']:.3f}" if row["mean_width"] is not None else "—"
-        print(f"{row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
+        print(f"{row['method']:22s} {row['cases']:5d} {row['mae']:6.3f} {row['worst']:6.3f} {coverage:>8s} "
               f"{row['at_least_as_good_as_source']:9.2f} {width:>6s}")
-    print(f"\n{'group':34s} {'method':17s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
+    print(f"\n{'group':34s} {'method':22s} {'cases':>5s} {'MAE':>6s} {'covered':>8s} {'width':>6s}")
     grouped = [(group, [r for r in results if member(r)]) for group, member in GROUPS.items()]
     grouped += [(group, [r for r in variants if member(r)]) for group, member in VARIANT_GROUPS.items()]
     for group, cases in grouped:
         for row in summarise(cases) if cases else []:
             covered = round(row["coverage"] * row["cases"]) if row["coverage"] is not None else 0
             width = f"{row['mean_width']:.2f}" if row["mean_width"] is not None else "—"
-            print(f"{group:34s} {row['method']:17s} {row['cases']:5d} {row['mae']:6.3f} "
+            print(f"{group:34s} {row['method']:22s} {row['cases']:5d} {row['mae']:6.3f} "
                   f"{covered:>3d} of {row['cases']:<2d} {width:>6s}")
     def missed(r: dict) -> bool:
         interval = r["methods"].get(default, {}).get("interval")

@@ -72,6 +72,22 @@ def test_a_shifted_target_raises_the_covariate_flag_and_never_prints_a_bare_numb
         assert row["estimate"] is None or row["interval"] is not None
 
 
+def test_a_known_target_prevalence_is_used_and_said(trained, tmp_path):
+    """``--prior CLASS=VALUE,...`` (counts here) is the prevalence the user knows: ac_dc is computed at it, the
+    report says where the prior came from, and the interval still covers the measured accuracy."""
+    result = _estimate(trained, "same", tmp_path / "e", "--prior", "oval=30,round=30,spiky=30")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e" / "estimate.json").read_text())
+    assert report["target_prior"]["mode"] == "known" and "known, not estimated" in report["target_prior"]["from"]
+    assert report["target_prior"]["target"] == pytest.approx({c: 1 / 3 for c in CLASSES})
+    assert report["methods"]["ac_dc"]["target_prior"] == "known"
+    default = next(r for r in report["estimates"] if r["method"] == "ac_dc" and r["metric"] == "accuracy")
+    assert "prediction_rate_bound" in default["details"]  # a bound, applied whatever the flags say
+    lo, hi = default["interval"]
+    assert lo - 1e-9 <= report["measured"]["accuracy"] <= hi + 1e-9
+    assert "<th>target (given)</th>" in (tmp_path / "e" / "estimate.html").read_text()
+
+
 def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
     unlabelled = tmp_path / "unlabelled.csv"
     first = sorted((trained["cal"] / "oval").glob("*.png"))[:5]
@@ -83,7 +99,10 @@ def test_bad_input_is_one_line_and_exit_code_2(trained, tmp_path):
     cases = [(["--source-val", str(unlabelled)], "needs a label for every image"),
              (["--source-val", str(other_classes)], "is not one of the model's classes"),
              (["--target", str(empty)], "manifest has no rows"),
-             (["--methods", "magic"], "unknown method 'magic'")]
+             (["--methods", "magic"], "unknown method 'magic'"),
+             (["--prior", "oval=0.5"], "no value for class(es) round, spiky"),
+             (["--prior", "tumour=1"], "'tumour' is not one of the model's classes"),
+             (["--prior", "magic"], "choose from em_bcts, bbse, none, or state the target prevalence")]
     for options, message in cases:
         args = {"--source-val": str(trained["cal"]), "--target": str(trained["same"])}
         extra = []
@@ -113,3 +132,26 @@ def test_diagnose_with_a_checkpoint_reports_the_estimate(trained, tmp_path):
     assert "performance:" in result.output
     html = (tmp_path / "d" / "report.html").read_text()
     assert html.index("How the model will do at the target") < html.index("Recommended fine-tuning strategy")
+
+
+def test_diagnose_takes_a_known_target_prevalence_for_its_estimate(trained, tmp_path):
+    """``diagnose --checkpoint ... --target-prevalence CLASS=P,...``: the estimate section is computed at it and says
+    so; a bad value, or the option without a checkpoint, is one line and exit code 2 before any forward pass."""
+    base = ["diagnose", str(trained["cal"]), str(trained["same"]), "--device", "cpu", "--permutations", "100",
+            "--bootstrap", "20", "--tests", "mmd"]
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--checkpoint", str(trained["model"]),
+                                 "--target-prevalence", "oval=1,round=1,spiky=2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    prior = report["performance_estimate"]["target_prior"]
+    assert prior["mode"] == "known" and prior["target"] == pytest.approx({"oval": 0.25, "round": 0.25, "spiky": 0.5})
+    assert "computed at the target prevalence given with --target-prevalence: oval 0.250, round 0.250, spiky 0.500" \
+        in (tmp_path / "d" / "report.html").read_text()
+    for extra, message in ((["--checkpoint", str(trained["model"]), "--target-prevalence", "oval=1"],
+                            "--target-prevalence: no value for class(es) round, spiky"),
+                           (["--checkpoint", str(trained["model"]), "--target-prevalence", "none"],
+                            "'none' is not CLASS=VALUE"),
+                           (["--target-prevalence", "oval=1,round=1,spiky=1"], "needs --checkpoint")):
+        result = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output

@@ -137,16 +137,24 @@ def test_with_a_small_source_a_null_target_seldom_raises_the_flag_and_a_far_clus
     assert np.mean(far_raised) >= 0.9, np.mean(far_raised)
 
 
-def test_under_confident_shift_ac_dc_is_capped_by_the_prediction_rate_bound():
-    """Every target image called class 1 with confidence 0.9997, inside the source's reach: the distance check cannot
-    see it, yet with a source prevalence of 0.5 no classifier that calls everything class 1 is right more than half
-    the time (the truth here). With the flag raised (domain AUC 0.99) ac_dc says 0.5; without it, about 1."""
+def collapsed_onto_class_1():
+    """Source logits of a well-separated binary model on 400 labelled images (prevalence about 0.5), and 300 target
+    images all called class 1 with confidence 0.9997, every one within the source's reach (a check that passes
+    them all)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
     source = np.stack([-(2 * labels - 1) * 2.0, (2 * labels - 1) * 2.0], axis=1) + rng.normal(0, 0.3, (400, 2))
     target = np.tile([[-4.0, 4.0]], (300, 1))
     within = DistanceCheck(np.zeros(400), np.zeros(300), np.full(2, np.inf), np.ones(300, dtype=int),
                            np.full(2, 200), 25, 0.99)
+    return source, labels, target, within
+
+
+def test_under_confident_shift_ac_dc_is_capped_by_the_prediction_rate_bound():
+    """Every target image called class 1 with confidence 0.9997, inside the source's reach: the distance check cannot
+    see it, yet with a source prevalence of 0.5 no classifier that calls everything class 1 is right more than half
+    the time (the truth here). With the flag raised (domain AUC 0.99) ac_dc says 0.5; without it, about 1."""
+    source, labels, target, within = collapsed_onto_class_1()
     for auc, capped in ((0.99, True), (0.6, False)):
         result = estimate_performance(source, labels, target, methods=["ac_dc"], distance=within, domain_auc=auc,
                                       target_prior=None, bootstrap=50)
@@ -156,3 +164,24 @@ def test_under_confident_shift_ac_dc_is_capped_by_the_prediction_rate_bound():
             assert ac_dc.details["prediction_rate_bound"]["binds"]
         else:
             assert ac_dc.estimate > 0.99 and "prediction_rate_bound" not in ac_dc.details
+
+
+def test_with_a_known_prevalence_the_prediction_rate_bound_caps_ac_dc_without_any_flag():
+    """A model that calls every target image class 1, confidently and within the source's reach, at a target with
+    40 % class 1: nothing is flagged (domain AUC 0.6), ac says about 1, and ac_dc told the prevalence says 0.4, the
+    most any classifier that calls everything class 1 can score there (the truth here, up to sampling), and its
+    interval ends there."""
+    source, labels, target, within = collapsed_onto_class_1()
+    result = estimate_performance(source, labels, target, methods=["ac", "ac_dc"], distance=within, domain_auc=0.6,
+                                  target_prior={0: 0.6, 1: 0.4}, classes=[0, 1], bootstrap=50)
+    assert not result.flag("confident_shift").raised
+    assert result.get("ac").estimate > 0.99
+    ac_dc = result.get("ac_dc")
+    assert ac_dc.estimate == pytest.approx(0.4, abs=1e-9)
+    assert ac_dc.details["prediction_rate_bound"] == {"bound": pytest.approx(0.4), "binds": True}
+    # ac's estimate of about 1 would stretch the pooled interval to 1; the bound holds, so the interval ends there
+    assert ac_dc.interval[1] == pytest.approx(0.4) and "prediction-rate bound" in ac_dc.details["interval_from"]
+    from shiftkit.report.estimate import headline
+
+    shown = headline({**result.to_dict(), "default_method": "ac_dc", "measured": None})
+    assert shown.endswith("(capped at the prediction-rate bound 0.400 at the given target prevalence)"), shown

@@ -25,6 +25,7 @@ def diagnose(
     arch: str = typer.Option("efficientnet_lite0", help="Backbone that embeds the images (ImageNet weights)."),
     weights: str = typer.Option("imagenet", help="imagenet, a state-dict path, or none."),
     checkpoint: Optional[Path] = typer.Option(None, help="A `shiftkit finetune` output folder: its fine-tuned model embeds and classifies (pass as SOURCE images it did not train on)."),
+    target_prevalence: Optional[str] = typer.Option(None, help="With --checkpoint: the class shares you know at the target, CLASS=VALUE,... (proportions or counts); the performance estimate is computed at them instead of an estimated prevalence."),
     target_labels: Optional[Path] = typer.Option(None, help="CSV (path,label) labelling some target images: enables the concept-shift test."),
     tests: Optional[str] = typer.Option(None, help=f"Covariate tests to run, comma-separated (default {','.join(registry.default_tests('diagnose'))}; registered: {', '.join(registry.names())})."),
     permutations: int = typer.Option(1000, help="Permutations for MMD and OT p-values."),
@@ -55,6 +56,7 @@ def diagnose(
     out = output_folder(out)
     request = DiagnoseRequest(
         source=source, target=target, arch=arch, weights=weights, checkpoint=checkpoint, target_labels=target_labels,
+        target_prevalence=target_prevalence,
         tests=(tuple(t.strip() for t in tests.split(",") if t.strip()) if tests is not None
                else registry.default_tests("diagnose")), permutations=permutations, alpha=significance,
         bootstrap=bootstrap, label_method=label_method, max_images=max_images, pca=pca, seed=seed, device=device,

@@ -22,7 +22,7 @@ def estimate(
     target: Path = typer.Option(..., "--target", help="Target images (labels not needed; when present they are only used to show the measured metrics)."),
     out: Path = typer.Option(..., "--out", help="Output folder: estimate.json, estimate.html."),
     methods: str = typer.Option(",".join(DEFAULT_METHODS), help="Estimators, comma-separated: source, ac, ac_dc, atc, doc, cm_atc, iw."),
-    prior: str = typer.Option("em_bcts", help=f"Target class prior for cm_atc's PPV/NPV: {', '.join(PRIOR_CHOICES)}."),
+    prior: str = typer.Option("em_bcts", help=f"Target class prior: estimated ({', '.join(PRIOR_CHOICES)}; cm_atc and its PPV/NPV use it), or the prevalence you know at the target, CLASS=VALUE,... (proportions or counts; ac, ac_dc and cm_atc are then computed at it)."),
     positive: Optional[str] = typer.Option(None, help="Binary tasks: the positive class (default: the second class)."),
     bootstrap: int = typer.Option(1000, help="Bootstrap replicates for the intervals."),
     seed: int = typer.Option(0, help="Seed for the bootstrap and the density-ratio classifier."),

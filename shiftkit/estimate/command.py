@@ -20,6 +20,7 @@ from shiftkit.estimate.run import DEFAULT_METHODS
 # (benchmarks/estimate_real.py; the table is in the README).
 DEFAULT_METHOD = "ac_dc"
 PRIOR_CHOICES = ("em_bcts", "bbse", "none")
+"""``--prior``'s estimators of the target prior (or none); ``CLASS=VALUE,...`` states the prevalence instead."""
 
 
 @dataclass
@@ -53,10 +54,44 @@ def check_request(request: EstimateRequest) -> None:
     unknown = [m for m in request.methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
-    if request.prior not in PRIOR_CHOICES:
-        raise ConfigError(f"--prior '{request.prior}' (choose from {', '.join(PRIOR_CHOICES)})")
+    if request.prior not in PRIOR_CHOICES and "=" not in request.prior:
+        raise ConfigError(f"--prior '{request.prior}' (choose from {', '.join(PRIOR_CHOICES)}, or state the "
+                          f"target prevalence as CLASS=VALUE,...)")
     if request.bootstrap < 2:
         raise ConfigError("--bootstrap must be at least 2")
+
+
+def target_prior_option(text: str, classes: list, option: str = "--prior",
+                        known_only: bool = False) -> str | dict[str, float] | None:
+    """``--prior``: an estimator's name, None for "none", or the known target prevalence ``CLASS=VALUE,...`` as a
+    dict (every class once; proportions or counts, normalised, e.g. ``mel=35,nv=170``: a site's case mix).
+    ``known_only``: only the latter is accepted (``diagnose --target-prevalence``); errors name ``option``."""
+    if "=" not in text:
+        if known_only:
+            raise ConfigError(f"{option}: '{text}' is not CLASS=VALUE,... (give every class: "
+                              f"{','.join(c + '=...' for c in classes)})")
+        return None if text == "none" else text
+    known: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in classes:
+            raise ConfigError(f"{option}: '{name}' is not one of the model's classes ({', '.join(classes)})")
+        if name in known:
+            raise ConfigError(f"{option}: class '{name}' given twice")
+        try:
+            known[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"{option}: '{item}' is not CLASS=NUMBER") from None
+        if not np.isfinite(known[name]) or known[name] < 0:
+            raise ConfigError(f"{option}: '{item}': a prevalence is a non-negative number")
+    missing = [c for c in classes if c not in known]
+    if missing:
+        raise ConfigError(f"{option}: no value for class(es) {', '.join(missing)} (give every class: "
+                          f"{','.join(c + '=...' for c in classes)})")
+    if sum(known.values()) <= 0:
+        raise ConfigError(f"{option}: the prevalences are all zero")
+    return known
 
 
 def model_outputs(table, adapted, device, request: EstimateRequest, on_batch: Callable[[], None] | None) -> Outputs:
@@ -119,6 +154,7 @@ def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
     adapted, classes = load_finetuned(request.checkpoint)
     if request.positive is not None and request.positive not in classes:
         raise ConfigError(f"--positive '{request.positive}' is not one of the model's classes ({', '.join(classes)})")
+    target_prior = target_prior_option(request.prior, classes)
     source, target = load_table(request.source_val), load_table(request.target)
     if not source.labeled or any(not r.labels for r in source.records):
         raise DataError(f"{request.source_val}: --source-val needs a label for every image (the estimates are "
@@ -136,7 +172,7 @@ def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
     positive = request.positive if request.positive is not None else (classes[1] if len(classes) == 2 else None)
     estimate = estimate_performance(
         np.log(np.clip(src.probabilities, 1e-12, None)), source_y, np.log(np.clip(tgt.probabilities, 1e-12, None)),
-        classes=classes, methods=request.methods, target_prior=None if request.prior == "none" else request.prior,
+        classes=classes, methods=request.methods, target_prior=target_prior,
         positive=positive, bootstrap=request.bootstrap, level=request.level, seed=request.seed,
         **embedding_inputs(src.embeddings, source_y, tgt.embeddings, tgt.probabilities.argmax(1), seed=request.seed))
     result = {

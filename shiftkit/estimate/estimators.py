@@ -25,6 +25,8 @@ from shiftkit.estimate.weights import DensityRatio
 
 __all__ = ["METHODS", "Batch", "Context", "MethodInfo", "metrics_of"]
 
+KNOWN = "known"
+"""The prior mode of a target prevalence the user states (an array or dict; the CLI's ``--prior CLASS=P,...``)."""
 CONFUSION_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv")
 NO_CONCEPT_SHIFT = "no concept shift (P(y|x) is the same at the source and the target)"
 
@@ -37,11 +39,15 @@ class MethodInfo:
     fails_when: str
     metrics: tuple[str, ...]
     binary_metrics: tuple[str, ...] = ()
-    target_prior: str = "none"  # "none" or "confusion" (the whole matrix is corrected to it)
+    target_prior: str = "none"  # "none", "confusion" (the whole matrix is corrected to it) or "known" (see below)
 
-    @property
-    def uses_target_prior(self) -> bool:
-        return self.target_prior != "none"
+    def corrects_to(self, prior_mode: str | None) -> bool:
+        """Whether this method's estimates are computed at the target prior of ``prior_mode``: a "confusion" method
+        at any target prior, a "known" one (ac, ac_dc) only at a prevalence the user states (``prior_mode ==
+        "known"``), since an estimated one is biased under covariate shift (:func:`estimate_ac`)."""
+        if prior_mode is None or self.target_prior == "none":
+            return False
+        return self.target_prior == "confusion" or prior_mode == KNOWN
 
     def to_dict(self) -> dict[str, Any]:
         return {"title": self.title, "assumes": self.assumes, "fails_when": self.fails_when,
@@ -57,7 +63,7 @@ class Context:
     score: str
     positive: int
     bcts: BCTS
-    prior_mode: str | None  # "em_bcts", "bbse", "fixed" or None
+    prior_mode: str | None  # "em_bcts", "bbse", "fixed" (an estimated result), "known" (stated) or None
     prior: np.ndarray | None  # the point estimate (or the given prior)
     density: DensityRatio | None
     distance: DistanceCheck | None = None
@@ -92,6 +98,11 @@ class Context:
     def binary(self) -> bool:
         return self.data.n_classes == 2
 
+    @property
+    def known_prior(self) -> np.ndarray | None:
+        """The target prevalence the user stated, or None."""
+        return self.prior if self.prior_mode == KNOWN else None
+
 
 class Batch:
     """B replicates: source and target row weights, and (lazily) their refitted calibration and target prior."""
@@ -104,6 +115,7 @@ class Batch:
         self._thetas = thetas
         self._priors = priors
         self._posteriors: np.ndarray | None = None
+        self._target_posteriors: np.ndarray | None = None
 
     @classmethod
     def point(cls, ctx: Context) -> "Batch":
@@ -127,6 +139,27 @@ class Batch:
         if self._posteriors is None:
             self._posteriors = calibrated_posteriors(self.ctx.data.target_log_probs, self.thetas)
         return self._posteriors
+
+    @property
+    def target_posteriors(self) -> np.ndarray:
+        """The posteriors at the target: BCTS-calibrated, moved by Bayes' rule to a known target prevalence ``q``
+        (``p_T(y|x) ∝ q_y / p_y · p_S(y|x)``, Saerens et al. 2002: exact under label shift); without one, the
+        calibrated posteriors."""
+        q = self.ctx.known_prior
+        if q is None:
+            return self.posteriors
+        if self._target_posteriors is None:
+            moved = self.posteriors * (q / self.ctx.source_prior)[None, None, :]
+            self._target_posteriors = moved / moved.sum(axis=2, keepdims=True)
+        return self._target_posteriors
+
+    def chance_prior(self) -> np.ndarray:
+        """Per replicate (B x K), the class shares a prediction unrelated to the image is right at: the known target
+        prevalence, else the replicate's source prevalence (no label shift assumed)."""
+        ctx = self.ctx
+        if ctx.known_prior is not None:
+            return np.tile(ctx.known_prior, (self.size, 1))
+        return self.ws @ np.eye(ctx.data.n_classes)[ctx.labels] / self.ws.sum(axis=1, keepdims=True)
 
     @property
     def priors(self) -> np.ndarray | None:
@@ -189,8 +222,9 @@ def estimate_ac(batch: Batch) -> dict[str, np.ndarray]:
     prior: under covariate shift they are already right, and a label-shift (EM) prior is then biased; Bayes' rule
     with the sensitivity/specificity of unadjusted posteriors at an EM prior was off by +0.13 in PPV under a pure
     prior shift (0.5 -> 0.15) in our synthetic checks, where cm_atc was within 0.03. The label-shift-corrected
-    estimate is cm_atc's."""
-    return _expected_confusion(batch, batch.posteriors)
+    estimate is cm_atc's. A prevalence the user knows is different: the posteriors are moved to it
+    (:attr:`Batch.target_posteriors`)."""
+    return _expected_confusion(batch, batch.target_posteriors)
 
 
 def estimate_ac_dc(batch: Batch) -> dict[str, np.ndarray]:
@@ -200,12 +234,15 @@ def estimate_ac_dc(batch: Batch) -> dict[str, np.ndarray]:
     prediction unrelated to the image is (the chance level of the class it predicts). The paper counts such images
     as wrong (ATC-DC); chance level is what a model that has stopped reading the image still scores, and on
     BreastMNIST with strong noise, where 96 % of the images fall outside while the model still gets 69 % right, the
-    published rule said 0.03 (README's real-data table: its worst error, 0.66)."""
+    published rule said 0.03 (README's real-data table: its worst error, 0.66).
+
+    With a known target prevalence the posteriors are moved to it, the chance level is its, and the prediction-rate
+    cap applies always: it is then a bound, not a stand-in (:func:`prediction_rate_bound`)."""
     ctx = batch.ctx
-    prior = batch.ws @ np.eye(ctx.data.n_classes)[ctx.labels] / batch.ws.sum(axis=1, keepdims=True)
+    prior = batch.chance_prior()
     inside = ctx.distance.target_inside[None, :, None]
-    out = _expected_confusion(batch, np.where(inside, batch.posteriors, prior[:, None, :]))
-    if ctx.confident_shift:
+    out = _expected_confusion(batch, np.where(inside, batch.target_posteriors, prior[:, None, :]))
+    if ctx.confident_shift or ctx.known_prior is not None:
         out["accuracy_cap"] = prediction_rate_bound(batch, prior)
     return out
 
@@ -213,7 +250,8 @@ def estimate_ac_dc(batch: Batch) -> dict[str, np.ndarray]:
 def prediction_rate_bound(batch: Batch, prior: np.ndarray) -> np.ndarray:
     """``1 - TV(P_T(prediction), P(y))`` per replicate: no classifier is right more often than that, since
     ``acc = sum_c P(pred = c, y = c) <= sum_c min(P(pred = c), P(y = c))``. With the target's prevalence unknown, the
-    source's stands in (``prior``, B x K): a bound under "no label shift".
+    source's stands in (``prior``, B x K): a bound under "no label shift"; with the target's prevalence known, a
+    bound without assumptions (ac_dc then applies it whatever the flags say).
 
     Why ac_dc uses it under the confident_shift flag: there a model can map shifted images confidently into one
     class, inside its own embedding's clusters where the distance check cannot see them (PneumoniaMNIST blurred or
@@ -290,11 +328,11 @@ METHODS: dict[str, MethodInfo] = {
         "ac", "average calibrated confidence (expected confusion matrix, as NannyML CBPE)",
         f"{NO_CONCEPT_SHIFT}; the posteriors calibrated by BCTS on the source validation set stay calibrated on the "
         f"target (covariate shift with P(y|x) unchanged and a well-specified model); PPV/NPV by Bayes at the "
-        f"prevalence the calibrated posteriors imply",
+        f"prevalence the calibrated posteriors imply (at the target prevalence, when it is known and given)",
         "the target moves into regions where the model is over-confident (artefacts, new scanners, corruptions): it "
         "then overestimates; label shift leaves the posteriors miscalibrated, biasing every metric (PPV/NPV are "
-        "then withheld)",
-        CONFUSION_METRICS + ("auroc",), _ALL_BINARY),
+        "then withheld; with a known target prevalence (--prior CLASS=P,...) the posteriors are moved to it)",
+        CONFUSION_METRICS + ("auroc",), _ALL_BINARY, target_prior=KNOWN),
     "ac_dc": MethodInfo(
         "ac_dc", "average calibrated confidence with a distance check (ac; Roschewitz & Glocker 2023)",
         f"{NO_CONCEPT_SHIFT}; as ac for the target images within the source's reach (their kNN distance in the "
@@ -303,8 +341,9 @@ METHODS: dict[str, MethodInfo] = {
         f"flag, accuracy at most 1 - TV(target prediction rates, source prevalence) (no label shift)",
         "a model that fails on images that still lie near the source in its own embedding (it overestimates, as "
         "ac; a collapsed model maps corrupted images into one class's cluster); a model that still works far from "
-        "the source (it underestimates); label shift (as ac)",
-        CONFUSION_METRICS + ("auroc",), _ALL_BINARY),
+        "the source (it underestimates); label shift (as ac; with a known target prevalence the posteriors, the "
+        "chance level and the cap use it)",
+        CONFUSION_METRICS + ("auroc",), _ALL_BINARY, target_prior=KNOWN),
     "atc": MethodInfo(
         "atc", "average thresholded confidence (Garg et al. 2022)",
         f"{NO_CONCEPT_SHIFT}; the share of target images above the source-fitted confidence threshold equals the "
@@ -345,8 +384,9 @@ def metrics_of(method: str, out: dict[str, np.ndarray], batch: Batch) -> dict[tu
 
     Sensitivity and specificity are per class (binary: the positive class only). PPV and NPV (binary) follow from
     them by Bayes' rule at a prevalence: the target prior where the method uses one, else the prevalence the
-    method's own confusion matrix implies. For a method whose whole confusion matrix is prior-corrected (cm_atc),
-    accuracy is ``sum_k q_k sens_k`` (the same Bayes step).
+    method's own confusion matrix implies (ac and ac_dc use a target prior only when it is known). For a method
+    whose whole confusion matrix is prior-corrected (cm_atc), accuracy is ``sum_k q_k sens_k`` (the same Bayes
+    step).
     """
     ctx = batch.ctx
     info = METHODS[method]
@@ -355,7 +395,7 @@ def metrics_of(method: str, out: dict[str, np.ndarray], batch: Batch) -> dict[tu
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN replicate (a class never predicted) stays NaN
         rates = confusion_rates(out["confusion"])
-    prior = batch.priors if info.uses_target_prior else None
+    prior = batch.priors if info.corrects_to(ctx.prior_mode) else None
     prevalence = rates["prevalence"] if prior is None else prior
     result: dict[tuple[str, int | None], np.ndarray] = {}
     if prior is not None and info.target_prior == "confusion":

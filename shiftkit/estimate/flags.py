@@ -105,7 +105,8 @@ def sample_size_flag(n_target: int, minimum: int = MIN_TARGET) -> Flag:
 
 def label_shift_flag(source_prior: Any, target_prior: Any | None, *, classes: Any = None,
                      p_value: float | None = None, replicates: Any = None, level: float = 0.95,
-                     min_total_variation: float = LABEL_SHIFT_TV, posterior_prevalence: Any = None) -> Flag:
+                     min_total_variation: float = LABEL_SHIFT_TV, posterior_prevalence: Any = None,
+                     known: bool = False) -> Flag:
     """Significant label shift between the source prior and the estimated target prior.
 
     Decided by, in order: a given ``p_value`` (< 1 - level); else the bootstrap ``replicates`` of the target prior
@@ -113,9 +114,10 @@ def label_shift_flag(source_prior: Any, target_prior: Any | None, *, classes: An
     source prior; else, with a point estimate only, a total variation >= ``min_total_variation``. ``not_assessed``
     without a target prior. ``posterior_prevalence`` (the mean calibrated posterior on the target: the prevalence if
     the shift is a covariate shift, where EM's label-shift estimate is biased) is reported next to it, since no
-    label-free method can tell which of the two is right.
+    label-free method can tell which of the two is right. ``known``: the target prior is the prevalence the user
+    stated, not an estimate (the message says so, and has no covariate-shift reading).
     """
-    affects = ("source", "ac", "cm_atc")
+    affects = ("source",) if known else ("source", "ac", "cm_atc")
     if target_prior is None:
         return Flag("label_shift", "not_assessed",
                     "no target prior estimated: label shift not checked; PPV/NPV assume the source prevalence",
@@ -143,7 +145,11 @@ def label_shift_flag(source_prior: Any, target_prior: Any | None, *, classes: An
     else:
         raised = tv >= min_total_variation
         values.update(decided_by=f"total variation >= {min_total_variation} (no uncertainty available)")
-    if raised:
+    if raised and known:
+        message = (f"label shift: the given target prevalence differs from the source (total variation {tv:.2f}); "
+                   f"the methods that use it (ac, ac_dc, cm_atc) are computed at it; PPV/NPV not computed at it "
+                   f"are withheld")
+    elif raised:
         message = (f"label shift: estimated target prevalence differs from the source (total variation {tv:.2f}); "
                    f"PPV/NPV are computed at the estimated target prevalence or withheld")
         if posterior_prevalence is not None:

@@ -14,7 +14,8 @@ from shiftkit.estimate import flags as flagging
 from shiftkit.estimate.bootstrap import batch_size, percentile_interval, replicate_batches
 from shiftkit.estimate.calibration import BCTS
 from shiftkit.estimate.distance import DistanceCheck
-from shiftkit.estimate.estimators import ESTIMATORS, METHODS, Batch, Context, metrics_of, prediction_rate_bound
+from shiftkit.estimate.estimators import (ESTIMATORS, KNOWN, METHODS, Batch, Context, metrics_of,
+                                          prediction_rate_bound)
 from shiftkit.estimate.inputs import prepare
 from shiftkit.estimate.priors import PRIOR_METHODS, fixed_prior, point_prior
 from shiftkit.estimate.result import EstimateResult, PerformanceEstimate
@@ -110,7 +111,7 @@ def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[Est
     if ctx.distance is None:
         return results
     outside = ~ctx.distance.target_inside
-    chance = ctx.source_prior[ctx.tgt_pred[outside]]
+    chance = (ctx.source_prior if ctx.known_prior is None else ctx.known_prior)[ctx.tgt_pred[outside]]
     down, up = float(chance.sum()) / ctx.data.n_target, float((1.0 - chance).sum()) / ctx.data.n_target
     widened = []
     for r in results:
@@ -121,6 +122,29 @@ def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[Est
                                  f"distance check ({int(outside.sum())}: all wrong to all right)"})
         widened.append(r)
     return widened
+
+
+ROUNDING = 1e-9
+"""Slack for floating point where an interval ends at an exact bound: a model that attains the prediction-rate bound
+(on a real BreastMNIST case its accuracy, 40/52, equalled it) must stay inside the interval."""
+
+
+def _known_cap_intervals(results: list[EstimateResult], cap: float) -> list[EstimateResult]:
+    """With a known target prevalence, end ``ac_dc``'s accuracy interval at the prediction-rate bound ``cap`` of the
+    target's own predictions. For the target's images it holds without assumptions when the stated shares are
+    theirs (a stated prevalence off by total variation d moves it by at most d), so the widenings above (the other
+    methods' hull, the images beyond the distance check, the shift bound) must not carry the interval past it. Not
+    the bootstrap's upper end: the bound is largest where the prediction rates equal the prevalence, so resampled
+    rates can only lower it (a perfect model's measured 1.0 fell outside that way)."""
+    clipped = []
+    for r in results:
+        if r.method == "ac_dc" and r.metric == "accuracy" and r.interval is not None and r.interval[1] > cap + ROUNDING:
+            lo = min(r.interval[0], cap)
+            r = replace(r, interval=(lo, cap + ROUNDING), details={
+                **r.details, "interval_from": r.details.get("interval_from", "bootstrap")
+                + f"; ended at the prediction-rate bound at the known prevalence ({cap:.3f})"})
+        clipped.append(r)
+    return clipped
 
 
 def embedding_inputs(source_embeddings: Any, source_labels: Any, target_embeddings: Any, target_pred: Any,
@@ -143,8 +167,8 @@ def _far_from_source(distance: DistanceCheck | None, n_target: int, seed: int) -
 
 
 def _prior_setup(target_prior: Any, data) -> tuple[str | None, np.ndarray | None, float | None, str | None]:
-    """(mode, point prior, p-value, description) from ``target_prior``: a method name, a LabelShiftResult, an array
-    or dict, or None."""
+    """(mode, point prior, p-value, description) from ``target_prior``: a method name, a LabelShiftResult (an
+    estimate made elsewhere: "fixed"), an array or dict (the prevalence the user knows: "known"), or None."""
     if target_prior is None:
         return None, None, None, None
     if isinstance(target_prior, str):
@@ -157,7 +181,8 @@ def _prior_setup(target_prior: Any, data) -> tuple[str | None, np.ndarray | None
         q = fixed_prior(dict(target_prior.target_prior), data.classes)
         return "fixed", q, float(target_prior.p_value), (f"given label-shift result ({target_prior.method}); fixed "
                                                          f"across replicates")
-    return "fixed", fixed_prior(target_prior, data.classes), None, "given; fixed across replicates"
+    return (KNOWN, fixed_prior(target_prior, data.classes), None,
+            "the target prevalence the user stated (known, not estimated)")
 
 
 def _density(density_ratio: Any, n_source: int) -> DensityRatio | None:
@@ -182,8 +207,10 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     trained on; ``target_logits`` (n_t x K): the same model on the target. ``methods``: any of ``METHODS``
     (default: all, ``iw`` only when ``density_ratio`` is given, ``ac_dc`` only with ``distance``).
     ``target_prior``: ``"em_bcts"`` (default) or ``"bbse"`` (estimated here, re-estimated per replicate), a
-    :class:`shiftkit.shift.label.LabelShiftResult`, an array/dict of priors (fixed), or None (no prevalence
-    correction). ``density_ratio``: a :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights.
+    :class:`shiftkit.shift.label.LabelShiftResult` (fixed), an array/dict of the target prevalence the user knows
+    (from the site's case mix or a registry), or None (no prevalence correction). A known prevalence moves ``ac``'s
+    and ``ac_dc``'s posteriors to it as well (an estimated one does not: it is biased under covariate shift).
+    ``density_ratio``: a :class:`~shiftkit.estimate.weights.DensityRatio` or per-source-image weights.
     ``distance``: a :class:`~shiftkit.estimate.distance.DistanceCheck` of the same images (``ac_dc``).
     ``domain_auc``: a domain classifier's AUC for the covariate-shift flag (taken from ``density_ratio`` when it has
     one). ``score``: ATC's score. ``positive``: the positive class of a binary task (default: the second class).
@@ -248,11 +275,13 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                     reps[m][key].append(values)
             if mode in PRIOR_METHODS:
                 prior_reps.append(batch.priors)
+
     prior_reps_arr = np.concatenate(prior_reps) if prior_reps else None
 
     label_flag = flagging.label_shift_flag(data.source_prior, prior, classes=data.classes, p_value=p_value,
                                            replicates=prior_reps_arr, level=level,
-                                           posterior_prevalence=point_batch.posteriors[0].mean(axis=0))
+                                           posterior_prevalence=point_batch.posteriors[0].mean(axis=0),
+                                           known=mode == KNOWN)
     flag_list = [
         flagging.sample_size_flag(data.n_target, min_target),
         flagging.extrapolation_flag(ctx.src_conf, ctx.tgt_conf),
@@ -267,7 +296,7 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
     results = []
     for m in methods:
         info = METHODS[m]
-        corrected = info.uses_target_prior and prior is not None
+        corrected = info.corrects_to(mode) and prior is not None
         for (metric, c), value in point[m].items():
             if metric == "prevalence":
                 continue
@@ -279,18 +308,18 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
             if metric in ("ppv", "npv"):
                 prevalence = float(point[m][("prevalence", c)][0])
                 details["prevalence"] = prevalence
-                details["prevalence_from"] = {"iw": "importance-weighted source labels",
-                                              "source": "source validation labels",
-                                              "ac": "mean calibrated posterior on the target"}.get(
-                    m, "target prior" if corrected else "the method's own confusion matrix")
+                details["prevalence_from"] = "target prior" if corrected else {
+                    "iw": "importance-weighted source labels", "source": "source validation labels",
+                    "ac": "mean calibrated posterior on the target"}.get(m, "the method's own confusion matrix")
                 if withhold_uncorrected and label_flag.raised and not corrected and m != "iw":
+                    corrected_methods = ", ".join(n for n in METHODS if METHODS[n].corrects_to(mode))
                     withheld = (f"label shift flagged (total variation {label_flag.values['total_variation']:.2f}); "
                                 f"this {metric.upper()} is not computed at the target prevalence: use a "
-                                f"prevalence-corrected method (cm_atc with a target prior)")
+                                f"prevalence-corrected method ({corrected_methods or 'cm_atc with a target prior'})")
             if corrected and metric in ("accuracy", "ppv", "npv"):
                 details["target_prior_from"] = prior_from
-            if m == "ac_dc" and metric == "accuracy" and ctx.confident_shift:
-                bound = float(prediction_rate_bound(point_batch, data.source_prior[None])[0])
+            if m == "ac_dc" and metric == "accuracy" and (ctx.confident_shift or mode == KNOWN):
+                bound = float(prediction_rate_bound(point_batch, point_batch.chance_prior())[0])
                 details["prediction_rate_bound"] = {"bound": bound, "binds": bool(estimate >= bound - 1e-12)}
             results.append(EstimateResult(
                 method=m, metric=metric, class_name=None if c is None else data.classes[c],
@@ -300,12 +329,16 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                 details=details))
 
     results = _consensus_intervals(results, label_shift=label_flag.raised and prior is not None
-                                   and METHODS[LABEL_SHIFT_READING].uses_target_prior)
+                                   and METHODS[LABEL_SHIFT_READING].corrects_to(mode))
     results = _distance_intervals(results, ctx)
     results = _shift_bound_intervals(results, confident, float(ctx.correct.mean()))
+    if mode == KNOWN:
+        cap = float(prediction_rate_bound(point_batch, point_batch.chance_prior())[0])
+        results = _known_cap_intervals(results, cap)
     target_prior_info = None
     if prior is not None:
-        target_prior_info = {"from": prior_from, "source": dict(zip(data.classes, data.source_prior.tolist())),
+        target_prior_info = {"from": prior_from, "mode": mode,
+                             "source": dict(zip(data.classes, data.source_prior.tolist())),
                              "target": dict(zip(data.classes, prior.tolist()))}
         if prior_reps_arr is not None:
             lo, hi = percentile_interval(prior_reps_arr, level)

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from shiftkit.estimate.estimators import KNOWN
 from shiftkit.estimate.run import CONSENSUS, LABEL_SHIFT_READING
 from shiftkit.io import json_text, write_files
 from shiftkit.report.html import Page, rounded
@@ -45,16 +46,27 @@ def _confident_shift(result: dict, method: str | None = None) -> bool:
                and (method is None or method in f.get("affects", [method])) for f in result["flags"])
 
 
+def _known_prior(result: dict) -> bool:
+    """Whether the target prior is the prevalence the user stated (``--prior CLASS=P,...``), not an estimate."""
+    return (result.get("target_prior") or {}).get("mode") == KNOWN
+
+
 def headline(result: dict) -> str:
     """"accuracy at the target (atc, 95 % interval): 0.812 [0.790, 0.833]; measured with its labels: 0.80"."""
     method = result["default_method"]
     row = next(r for r in result["estimates"] if r["method"] == method and r["metric"] == "accuracy")
     text = f"estimated accuracy at the target ({method}, {result['level']:.0%} interval): {_span(row)}"
+    cap = (row.get("details") or {}).get("prediction_rate_bound") or {}
+    capped = ""
+    if cap.get("binds"):
+        capped = f"capped at the prediction-rate bound {cap['bound']:.3f}" + (
+            " at the given target prevalence" if _known_prior(result)
+            else ", SRC's prevalence standing in for the target's")
     if _confident_shift(result, method):
-        cap = (row.get("details") or {}).get("prediction_rate_bound") or {}
-        capped = (f"; capped at the prediction-rate bound {cap['bound']:.3f}, SRC's prevalence standing in for the "
-                  f"target's" if cap.get("binds") else "")
-        text += f" (an upper bound: confident_shift raised; the interval spans the shift bound{capped})"
+        text += (" (an upper bound: confident_shift raised; the interval spans the shift bound"
+                 + (f"; {capped})" if capped else ")"))
+    elif capped:
+        text += f" ({capped})"
     if result["measured"]:
         text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
     return text
@@ -118,7 +130,8 @@ def html(result: dict) -> str:
     if result["target_prior"]:
         prior = result["target_prior"]
         page.heading("Class priors")
-        page.table(["class", "source", "target (estimated)", "interval"],
+        page.table(["class", "source", "target (given)" if _known_prior(result) else "target (estimated)",
+                    "interval"],
                    [[c, rounded(prior["source"][c]), rounded(prior["target"][c]),
                      "[{:.3f}, {:.3f}]".format(*prior["interval"][c]) if prior.get("interval") else None]
                     for c in prior["source"]])

@@ -20,7 +20,7 @@ CAVEAT = ("The source images must not have been used to train the checkpoint: it
 
 def _measure(ctx: SectionContext) -> dict | None:
     from shiftkit.estimate import embedding_inputs, estimate_performance
-    from shiftkit.estimate.command import DEFAULT_METHOD, measured_metrics
+    from shiftkit.estimate.command import DEFAULT_METHOD, measured_metrics, target_prior_option
 
     data = ctx.data
     source = data.source_table
@@ -32,10 +32,12 @@ def _measure(ctx: SectionContext) -> dict | None:
     seed = ctx.profile.settings.get("seed", 0)
     positive = classes[1] if len(classes) == 2 else None
     labels = source.targets()
+    known = ctx.profile.settings.get("target_prevalence")  # diagnose --target-prevalence CLASS=P,...
     estimate = estimate_performance(
         np.log(np.clip(data.source.probabilities, 1e-12, None)), labels,
         np.log(np.clip(data.target.probabilities, 1e-12, None)), classes=classes,
         positive=positive, bootstrap=BOOTSTRAP, seed=seed,
+        target_prior=target_prior_option(known, classes, "--target-prevalence", True) if known else "em_bcts",
         **embedding_inputs(data.source.embeddings, labels, data.target.embeddings,
                            data.target.probabilities.argmax(axis=1), seed=seed)).to_dict()
     target = data.target_table
@@ -52,6 +54,10 @@ def _html(page, content: dict, ctx: SectionContext) -> None:
     from shiftkit.report.estimate import accuracy_png, headline
 
     page.paragraph(headline(content))
+    prior = content.get("target_prior") or {}
+    if prior.get("mode") == "known":
+        shares = ", ".join(f"{c} {q:.3f}" for c, q in prior["target"].items())
+        page.paragraph(f"computed at the target prevalence given with --target-prevalence: {shares}", "note")
     for flag in content["flags"]:
         if flag["status"] == "raised":
             page.paragraph(f"flag {flag['code']}: {flag['message']}", "verdict-strong")

@@ -38,6 +38,7 @@ class DiagnoseRequest:
     arch: str = "efficientnet_lite0"
     weights: str = "imagenet"
     checkpoint: Path | None = None  # a `shiftkit finetune` output folder: its model embeds and classifies
+    target_prevalence: str | None = None  # with a checkpoint: the target's known class shares, CLASS=P,... (estimate)
     target_labels: Path | None = None
     tests: tuple[str, ...] = field(default_factory=lambda: registry.default_tests("diagnose"))
     permutations: int = 1000
@@ -115,6 +116,8 @@ def _check(request: DiagnoseRequest) -> None:
         raise ConfigError(f"--max-images must be at least {MIN_IMAGES}")
     if request.pca < 0 or request.batch_size < 1:
         raise ConfigError("--pca must be 0 or more and --batch-size at least 1")
+    if request.target_prevalence is not None and request.checkpoint is None:
+        raise ConfigError("--target-prevalence: the performance estimate it serves needs --checkpoint")
     check_image_size(request.image_size)
     check_policy(request.on_bad_image)
     resolve_device(request.device)
@@ -142,6 +145,14 @@ def embed(request: DiagnoseRequest, source: ImageTable, target: ImageTable,
         if source.labeled and list(source.classes) != classes:
             raise DataError(f"{request.checkpoint}: the model's classes {classes} differ from the source's "
                             f"{list(source.classes)}")
+        if request.target_prevalence is not None:
+            from shiftkit.estimate.command import target_prior_option
+
+            if not source.labeled or source.multilabel:
+                raise ConfigError("--target-prevalence: the performance estimate it serves needs a labelled, "
+                                  "single-label source")
+            # a typo fails here, before the forward passes
+            target_prior_option(request.target_prevalence, classes, "--target-prevalence", known_only=True)
     else:
         adapted = build_model(request.arch, 1, request.weights, request.image_size)
     batches = lambda table: -(-len(table) // request.batch_size)  # noqa: E731
@@ -319,6 +330,7 @@ def measure(request: DiagnoseRequest, data: Embedded, on_step: Callable[[str], N
         "arch": data.arch,
         "weights": shown_path(data.weights, request.anonymize_paths and data.weights not in ("imagenet", "none")),
         "checkpoint": shown_path(request.checkpoint, request.anonymize_paths),
+        "target_prevalence": request.target_prevalence,
         "on_bad_image": request.on_bad_image, "anonymize_paths": request.anonymize_paths,
         "embedding_dim": int(src_emb.shape[1]), "pca": int(src_low.shape[1]) if pca else None,
         "tests": list(request.tests),
