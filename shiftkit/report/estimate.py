@@ -46,7 +46,7 @@ def _confident_shift(result: dict, method: str | None = None) -> bool:
                and (method is None or method in f.get("affects", [method])) for f in result["flags"])
 
 
-def _known_prior(result: dict) -> bool:
+def known_prior_given(result: dict) -> bool:
     """Whether the target prior is the prevalence the user stated (``--prior CLASS=P,...``), not an estimate."""
     return (result.get("target_prior") or {}).get("mode") == KNOWN
 
@@ -60,7 +60,7 @@ def headline(result: dict) -> str:
     capped = ""
     if cap.get("binds"):
         capped = f"capped at the prediction-rate bound {cap['bound']:.3f}" + (
-            " at the given target prevalence" if _known_prior(result)
+            " at the given target prevalence" if known_prior_given(result)
             else ", SRC's prevalence standing in for the target's")
     if _confident_shift(result, method):
         text += (" (an upper bound: confident_shift raised; the interval spans the shift bound"
@@ -130,7 +130,7 @@ def html(result: dict) -> str:
     if result["target_prior"]:
         prior = result["target_prior"]
         page.heading("Class priors")
-        page.table(["class", "source", "target (given)" if _known_prior(result) else "target (estimated)",
+        page.table(["class", "source", "target (given)" if known_prior_given(result) else "target (estimated)",
                     "interval"],
                    [[c, rounded(prior["source"][c]), rounded(prior["target"][c]),
                      "[{:.3f}, {:.3f}]".format(*prior["interval"][c]) if prior.get("interval") else None]

@@ -51,12 +51,11 @@ def _measure(ctx: SectionContext) -> dict | None:
 
 
 def _html(page, content: dict, ctx: SectionContext) -> None:
-    from shiftkit.report.estimate import accuracy_png, headline
+    from shiftkit.report.estimate import accuracy_png, headline, known_prior_given
 
     page.paragraph(headline(content))
-    prior = content.get("target_prior") or {}
-    if prior.get("mode") == "known":
-        shares = ", ".join(f"{c} {q:.3f}" for c, q in prior["target"].items())
+    if known_prior_given(content):
+        shares = ", ".join(f"{c} {q:.3f}" for c, q in content["target_prior"]["target"].items())
         page.paragraph(f"computed at the target prevalence given with --target-prevalence: {shares}", "note")
     for flag in content["flags"]:
         if flag["status"] == "raised":
