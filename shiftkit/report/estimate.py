@@ -63,7 +63,8 @@ def headline(result: dict) -> str:
             " at the given target prevalence" if known_prior_given(result)
             else ", SRC's prevalence standing in for the target's")
     if _confident_shift(result, method):
-        text += (" (an upper bound: confident_shift raised; the interval spans the shift bound"
+        ended = " up to the prediction-rate bound" if cap and known_prior_given(result) else ""  # ac_dc's, known q
+        text += (f" (an upper bound: confident_shift raised; the interval spans the shift bound{ended}"
                  + (f"; {capped})" if capped else ")"))
     elif capped:
         text += f" ({capped})"
