@@ -154,9 +154,8 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     started = time.perf_counter()
     inputs = embedding_inputs(src.embeddings, src_y, tgt.embeddings, tgt.probabilities.argmax(1), seed=0)
     density, distance = inputs["density_ratio"], inputs["distance"]
-    estimate = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
-                                    np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
-                                    bootstrap=bootstrap, seed=0, **inputs)
+    src_log, tgt_log = (np.log(np.clip(p, 1e-12, None)) for p in (src.probabilities, tgt.probabilities))
+    estimate = estimate_performance(src_log, src_y, tgt_log, classes=classes, bootstrap=bootstrap, seed=0, **inputs)
     seconds = time.perf_counter() - started
     truth = measured_metrics(tgt.probabilities, tgt_y, classes, classes[1] if len(classes) == 2 else None)
     methods = {r.method: {"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
@@ -165,9 +164,8 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     # Not label-free: the same estimate told the target's true class shares (what a site's case mix or registry
     # gives, as `--prior CLASS=P,...`), to show how much of the error the unknown prevalence carries.
     known = dict(zip(classes, (np.bincount(tgt_y, minlength=len(classes)) / len(tgt_y)).tolist()))
-    informed = estimate_performance(np.log(np.clip(src.probabilities, 1e-12, None)), src_y,
-                                    np.log(np.clip(tgt.probabilities, 1e-12, None)), classes=classes,
-                                    target_prior=known, bootstrap=bootstrap, seed=0, **inputs)
+    informed = estimate_performance(src_log, src_y, tgt_log, classes=classes, target_prior=known, bootstrap=bootstrap,
+                                    seed=0, **inputs)
     methods[KNOWN_PREVALENCE] = next({"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
                                      for r in informed.results if r.method == DEFAULT_METHOD and r.metric == "accuracy")
     peer = cbpe(src.probabilities, src_y, tgt.probabilities, classes)

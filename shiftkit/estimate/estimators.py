@@ -103,6 +103,12 @@ class Context:
         """The target prevalence the user stated, or None."""
         return self.prior if self.prior_mode == KNOWN else None
 
+    @property
+    def chance_shares(self) -> np.ndarray:
+        """The class shares a prediction unrelated to the image is right at: the known target prevalence, else the
+        source's (no label shift assumed)."""
+        return self.source_prior if self.known_prior is None else self.known_prior
+
 
 class Batch:
     """B replicates: source and target row weights, and (lazily) their refitted calibration and target prior."""
@@ -154,11 +160,10 @@ class Batch:
         return self._target_posteriors
 
     def chance_prior(self) -> np.ndarray:
-        """Per replicate (B x K), the class shares a prediction unrelated to the image is right at: the known target
-        prevalence, else the replicate's source prevalence (no label shift assumed)."""
+        """:attr:`Context.chance_shares` per replicate (B x K): the source's are the replicate's own."""
         ctx = self.ctx
         if ctx.known_prior is not None:
-            return np.tile(ctx.known_prior, (self.size, 1))
+            return np.tile(ctx.chance_shares, (self.size, 1))
         return self.ws @ np.eye(ctx.data.n_classes)[ctx.labels] / self.ws.sum(axis=1, keepdims=True)
 
     @property

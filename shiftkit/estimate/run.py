@@ -111,7 +111,7 @@ def _distance_intervals(results: list[EstimateResult], ctx: Context) -> list[Est
     if ctx.distance is None:
         return results
     outside = ~ctx.distance.target_inside
-    chance = (ctx.source_prior if ctx.known_prior is None else ctx.known_prior)[ctx.tgt_pred[outside]]
+    chance = ctx.chance_shares[ctx.tgt_pred[outside]]
     down, up = float(chance.sum()) / ctx.data.n_target, float((1.0 - chance).sum()) / ctx.data.n_target
     widened = []
     for r in results:
@@ -262,6 +262,10 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
 
     point_batch = Batch.point(ctx)
     point = {m: metrics_of(m, ESTIMATORS[m](point_batch), point_batch) for m in methods}
+    # ac_dc's cap on the full samples (None where ac_dc does not apply it): reported, and with a known prevalence
+    # the end of its interval
+    capped = "ac_dc" in methods and (ctx.confident_shift or mode == KNOWN)
+    point_cap = float(prediction_rate_bound(point_batch, point_batch.chance_prior())[0]) if capped else None
     reps: dict[str, dict] = {m: {key: [] for key in point[m]} for m in methods}
     prior_reps = []
     size = batch_size(data.n_source, data.n_target, data.n_classes)
@@ -318,9 +322,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                                 f"prevalence-corrected method ({corrected_methods or 'cm_atc with a target prior'})")
             if corrected and metric in ("accuracy", "ppv", "npv"):
                 details["target_prior_from"] = prior_from
-            if m == "ac_dc" and metric == "accuracy" and (ctx.confident_shift or mode == KNOWN):
-                bound = float(prediction_rate_bound(point_batch, point_batch.chance_prior())[0])
-                details["prediction_rate_bound"] = {"bound": bound, "binds": bool(estimate >= bound - 1e-12)}
+            if m == "ac_dc" and metric == "accuracy" and point_cap is not None:
+                details["prediction_rate_bound"] = {"bound": point_cap, "binds": bool(estimate >= point_cap - 1e-12)}
             results.append(EstimateResult(
                 method=m, metric=metric, class_name=None if c is None else data.classes[c],
                 estimate=None if withheld or not np.isfinite(estimate) else estimate,
@@ -332,9 +335,8 @@ def estimate_performance(source_logits: Any, source_labels: Any, target_logits: 
                                    and METHODS[LABEL_SHIFT_READING].corrects_to(mode))
     results = _distance_intervals(results, ctx)
     results = _shift_bound_intervals(results, confident, float(ctx.correct.mean()))
-    if mode == KNOWN:
-        cap = float(prediction_rate_bound(point_batch, point_batch.chance_prior())[0])
-        results = _known_cap_intervals(results, cap)
+    if mode == KNOWN and point_cap is not None:
+        results = _known_cap_intervals(results, point_cap)
     target_prior_info = None
     if prior is not None:
         target_prior_info = {"from": prior_from, "mode": mode,
