@@ -95,6 +95,8 @@ def accuracy_png(result: dict) -> bytes:
     bound = "; confident_shift: the shift bound" if _confident_shift(result) else ""
     far = any(r["method"] == "ac_dc" for r in rows)
     distance = "; ac_dc: all wrong to all right beyond the distance check" if far else ""
+    if far and known_prior_given(result):
+        distance += ", ending at the prediction-rate bound of the given prevalence"
     label_shift = any(f["code"] == "label_shift" and f["status"] == "raised" for f in result["flags"])
     pooled = ", ".join(CONSENSUS) + (f" and {LABEL_SHIFT_READING} (label_shift)" if label_shift else "")
     ax.set_xlabel(f"target accuracy ({result['level']:.0%} interval; {pooled}: the hull of theirs{distance}{bound})",
