@@ -9,7 +9,9 @@ Models and splits come from ``benchmarks/estimate_models.py`` (run it first). Ca
 Per case and method (``shiftkit.estimate``; NannyML's CBPE on the same model outputs as the peer column): the
 estimate of accuracy, its interval, and the accuracy measured with the target's labels. One column is not
 label-free: ``ac_dc_known_prevalence``, the default method told the target's class shares (``--prior CLASS=P,...``:
-what a site's case mix gives), which shows how much of the error the unknown prevalence carries. The summary per
+what a site's case mix gives), which shows how much of the error the unknown prevalence carries; and one column is
+label-free but not a shiftkit method: ``ac_dc_em_prevalence``, the default method handed EM-BCTS's estimated prior as
+if it were known, which shows whether the estimated prior would close that gap. The summary per
 method: mean absolute error, worst error, interval coverage and width, and how often it beat the naive baseline
 (source accuracy); then per data set and per confident_shift flag, and the cases where the default's interval misses.
 
@@ -39,6 +41,9 @@ PREVALENCES = (0.2, 0.5, 0.8)  # of the positive (second) class, by resampling t
 AT_SRC = " at SRC prevalence"
 KNOWN_PREVALENCE = "ac_dc_known_prevalence"
 """The default method told the target's true class shares (``--prior CLASS=P,...``): not label-free, a column apart."""
+EM_PREVALENCE = "ac_dc_em_prevalence"
+"""The default method handed EM-BCTS's estimated target prior as if it were known: label-free, but not a method
+shiftkit offers. It answers "would the estimated prior close the gap to the known one?" (a column apart)."""
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -122,7 +127,8 @@ def cbpe(src_proba, src_y, tgt_proba, classes) -> dict | None:
     value = float(row[("accuracy", "value")])
     lo = row.get(("accuracy", "lower_confidence_boundary"))
     hi = row.get(("accuracy", "upper_confidence_boundary"))
-    return {"estimate": value, "interval": [float(lo) if lo is not None else None, float(hi) if hi is not None else None]}
+    interval = [float(lo) if lo is not None else None, float(hi) if hi is not None else None]
+    return {"estimate": value, "interval": interval}
 
 
 def atc_dc_as_published(src_proba, src_y, tgt_proba, distance) -> dict:
@@ -166,14 +172,24 @@ def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, boots
     known = dict(zip(classes, (np.bincount(tgt_y, minlength=len(classes)) / len(tgt_y)).tolist()))
     informed = estimate_performance(src_log, src_y, tgt_log, classes=classes, target_prior=known, bootstrap=bootstrap,
                                     seed=0, **inputs)
-    methods[KNOWN_PREVALENCE] = next({"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
-                                     for r in informed.results if r.method == DEFAULT_METHOD and r.metric == "accuracy")
+    methods[KNOWN_PREVALENCE] = _default_accuracy(informed)
+    em = dict(estimate.target_prior["target"])  # the label-free point estimate
+    methods[EM_PREVALENCE] = _default_accuracy(estimate_performance(src_log, src_y, tgt_log, classes=classes,
+                                                                    target_prior=em, bootstrap=bootstrap, seed=0,
+                                                                    **inputs))
     peer = cbpe(src.probabilities, src_y, tgt.probabilities, classes)
     if peer is not None:
         methods["nannyml_cbpe"] = peer
     return {"case": name, "n_source": len(src_y), "n_target": len(tgt_y), "true_accuracy": truth["accuracy"],
             "methods": methods, "flags": [f.code for f in estimate.raised], "estimate_seconds": round(seconds, 2),
-            "domain_auc": density.domain_auc, "outside_fraction": distance.outside_fraction}
+            "domain_auc": density.domain_auc, "outside_fraction": distance.outside_fraction,
+            "priors": {"source": estimate.target_prior["source"], "em_bcts": estimate.target_prior["target"],
+                       "target": known}}
+
+
+def _default_accuracy(estimate) -> dict:
+    return next({"estimate": r.estimate, "interval": list(r.interval) if r.interval else None}
+                for r in estimate.results if r.method == DEFAULT_METHOD and r.metric == "accuracy")
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -233,6 +249,8 @@ def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
             width = f"{row['mean_width']:.2f}" if row["mean_width"] is not None else "—"
             print(f"{group:34s} {row['method']:22s} {row['cases']:5d} {row['mae']:6.3f} "
                   f"{covered:>3d} of {row['cases']:<2d} {width:>6s}")
+    print_prior_errors(results + variants)
+
     def missed(r: dict) -> bool:
         interval = r["methods"].get(default, {}).get("interval")
         return bool(interval) and not interval[0] <= r["true_accuracy"] <= interval[1]
@@ -243,6 +261,23 @@ def print_summary(results: list[dict], default: str = DEFAULT_METHOD) -> None:
         print(f"  {r['case']}: true {r['true_accuracy']:.3f}, {default} {r['methods'][default]['estimate']:.3f} "
               f"{[round(v, 3) for v in r['methods'][default]['interval']]}, flags {r['flags']}, "
               f"domain AUC {r.get('domain_auc', float('nan')):.2f}")
+
+
+def print_prior_errors(results: list[dict]) -> None:
+    """Per group, the mean L1 distance to the target's class shares of the source's prior (what the label-free
+    default assumes) and of EM-BCTS's estimate (what ``ac_dc_em_prevalence`` is handed)."""
+    rows = [r for r in results if "priors" in r]
+    if not rows:
+        return
+    print(f"\n{'target prior: mean L1 to the true shares':40s} {'cases':>5s} {'source':>7s} {'EM-BCTS':>8s}")
+    groups = {**{g: GROUPS[g] for g in ("HAM10000", "BreastMNIST", "PneumoniaMNIST")}, **VARIANT_GROUPS}
+    for group, member in groups.items():
+        cases = [r for r in rows if member(r) and variant(r) == group.endswith(AT_SRC)]
+        if not cases:
+            continue
+        l1 = {key: np.mean([sum(abs(r["priors"][key][c] - r["priors"]["target"][c]) for c in r["priors"]["target"])
+                            for r in cases]) for key in ("source", "em_bcts")}
+        print(f"{group:40s} {len(cases):5d} {l1['source']:7.3f} {l1['em_bcts']:8.3f}")
 
 
 def main() -> None:
@@ -292,7 +327,8 @@ def main() -> None:
             result = run_case(name, Path(case["model"]), Path(case["cal"]), Path(target), cache, args.bootstrap)
             results.append(result)
             done_file.write_text(json.dumps(results, indent=1))  # resumable: one case at a time
-            shown = ", ".join(f"{m} {v['estimate']:.3f}" for m, v in result["methods"].items() if v["estimate"] is not None)
+            shown = ", ".join(f"{m} {v['estimate']:.3f}" for m, v in result["methods"].items()
+                              if v["estimate"] is not None)
             print(f"{name}: true {result['true_accuracy']:.3f}; {shown}; flags {result['flags']}", flush=True)
     (args.runs / "estimate_summary.json").write_text(json.dumps(summarise([r for r in results if not variant(r)]),
                                                                 indent=1))
