@@ -146,7 +146,8 @@ def atc_dc_as_published(src_proba, src_y, tgt_proba, distance) -> dict:
 def run_case(name: str, model: Path, cal: Path, target: Path, cache: Path, bootstrap: int) -> dict:
     from shiftkit.data.table import load_table
     from shiftkit.estimate import embedding_inputs, estimate_performance
-    from shiftkit.estimate.command import EstimateRequest, measured_metrics, model_outputs
+    from shiftkit.estimate.command import EstimateRequest, model_outputs
+    from shiftkit.estimate.measured import measured_metrics
     from shiftkit.features import load_finetuned
     from shiftkit.finetune.trainer import resolve_device
 

@@ -85,5 +85,7 @@ def test_demo_finds_the_planted_shift(tmp_path):
     estimate = summary["estimate"]
     assert estimate["accuracy"]["interval"][0] <= estimate["accuracy"]["estimate"] <= estimate["accuracy"]["interval"][1]
     assert 0 < estimate["accuracy"]["measured"] <= 1
+    lo, hi = estimate["accuracy"]["measured_interval"]  # B's labelled images, a sample of hospital B
+    assert lo <= estimate["accuracy"]["measured"] <= hi
     assert "covariate_shift" in estimate["flags"]
     assert "estimated before its labels were used" in result.output

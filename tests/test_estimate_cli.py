@@ -55,6 +55,11 @@ def test_same_scanner_interval_covers_the_measured_accuracy(trained, tmp_path):
     assert flags["covariate_shift"] == "clear" and flags["concept_shift"] == "not_assessed"
     assert flags["far_from_source"] in ("clear", "raised")  # the check ran on the checkpoint's embeddings
     assert "estimated accuracy at the target" in result.output and "measured with the target's labels" in result.output
+    lo, hi = report["measured"]["intervals"]["accuracy"]  # the 90 labelled images: a sample of the site
+    assert lo <= measured <= hi and hi - lo > 0.02
+    assert "(90images,exact95%interval)" in "".join(result.output.split())  # the terminal folds long lines
+    assert report["labelling_plan"]["labelled"] == report["labelling_plan"]["target_images"] == 90
+    assert "randomly chosen target images" not in result.output  # every image is labelled: no advice to label
     html = (tmp_path / "e" / "estimate.html").read_text()
     assert "<img" in html and "What each method assumes" in html
     for c, prior in report["target_prior"]["target"].items():  # a number cell (right-aligned), 3 decimals
@@ -129,6 +134,8 @@ def test_diagnose_with_a_checkpoint_reports_the_estimate(trained, tmp_path):
     assert default["interval"][0] <= default["estimate"] <= default["interval"][1]
     # the target's class folders are labels: measured beside the estimate (a check, never an input)
     assert default["interval"][0] - 1e-9 <= section["measured"]["accuracy"] <= default["interval"][1] + 1e-9
+    assert section["measured"]["intervals"]["accuracy"][0] <= section["measured"]["accuracy"]
+    assert section["labelling_plan"]["labelled"] == section["measured"]["n"] == 90
     assert "performance:" in result.output
     html = (tmp_path / "d" / "report.html").read_text()
     assert html.index("How the model will do at the target") < html.index("Recommended fine-tuning strategy")

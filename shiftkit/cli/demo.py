@@ -56,7 +56,10 @@ def _estimate_line(summary: dict) -> str:
         row = e[metric]
         method = row.get("method", e["method"])
         lo, hi = row["interval"]
-        parts.append(f"{name} {row['estimate']:.3f} [{lo:.3f}, {hi:.3f}] ({method}), measured {row['measured']:.3f}")
+        measured = f"measured {row['measured']:.3f}"
+        if row.get("measured_interval"):
+            measured += " [{:.3f}, {:.3f}]".format(*row["measured_interval"])
+        parts.append(f"{name} {row['estimate']:.3f} [{lo:.3f}, {hi:.3f}] ({method}), {measured}")
     flags = f"; flags raised: {', '.join(e['flags'])}" if e["flags"] else ""
     return "Hospital B estimated before its labels were used: " + "; ".join(parts) + flags
 

@@ -133,11 +133,13 @@ def _estimate_summary(estimate: dict) -> dict:
             (r["metric"] == "balanced_accuracy" and r["method"] == "cm_atc")}
     return {"method": method,
             "accuracy": {"estimate": rows["accuracy"]["estimate"], "interval": rows["accuracy"]["interval"],
-                         "measured": estimate["measured"]["accuracy"]},
+                         "measured": estimate["measured"]["accuracy"],
+                         "measured_interval": estimate["measured"]["intervals"]["accuracy"]},
             "balanced_accuracy": {"method": rows["balanced_accuracy"]["method"],
                                "estimate": rows["balanced_accuracy"]["estimate"],
                                "interval": rows["balanced_accuracy"]["interval"],
-                               "measured": estimate["measured"]["balanced_accuracy"]},
+                               "measured": estimate["measured"]["balanced_accuracy"],
+                               "measured_interval": estimate["measured"]["intervals"]["balanced_accuracy"]},
             "flags": [f["code"] for f in estimate["flags"] if f["status"] == "raised"]}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from shiftkit.data.readers import ReadOptions
 from shiftkit.errors import ConfigError, DataError
+from shiftkit.estimate.measured import labelling_plan, measured_metrics
 from shiftkit.estimate.run import DEFAULT_METHODS
 
 # The method the headline and the demo use: the lowest mean absolute error for accuracy on the real-data validation
@@ -102,33 +103,6 @@ def model_outputs(table, adapted, device, request: EstimateRequest, on_batch: Ca
     return Outputs(rep.probabilities.astype(np.float64), rep.embeddings.astype(np.float64))
 
 
-def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: list, positive: Any) -> dict[str, Any]:
-    """The target's true metrics from its labels, in the estimates' terms: accuracy, balanced accuracy (the mean
-    per-class sensitivity; not ``finetune``'s macro accuracy, the paper's mean one-vs-rest accuracy), per-class
-    sensitivity and specificity (``per_class``), and for a binary task the positive class's sensitivity,
-    specificity, PPV, NPV and AUROC."""
-    predicted = probabilities.argmax(axis=1)
-    present = [k for k in range(len(classes)) if np.any(labels == k)]
-    out: dict[str, Any] = {"n": int(len(labels)), "accuracy": float(np.mean(predicted == labels)),
-                           "balanced_accuracy": float(np.mean([np.mean(predicted[labels == k] == k) for k in present]))}
-    out["per_class"] = {
-        str(classes[k]): {"sensitivity": float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None,
-                          "specificity": float(np.mean(predicted[labels != k] != k)) if np.any(labels != k) else None}
-        for k in range(len(classes))}
-    if len(classes) == 2:
-        from sklearn.metrics import roc_auc_score
-
-        k = classes.index(positive)
-        truth, called = labels == k, predicted == k
-        ratio = lambda a, b: float(a / b) if b else None  # noqa: E731
-        out.update(sensitivity=ratio(np.sum(truth & called), np.sum(truth)),
-                   specificity=ratio(np.sum(~truth & ~called), np.sum(~truth)),
-                   ppv=ratio(np.sum(truth & called), np.sum(called)),
-                   npv=ratio(np.sum(~truth & ~called), np.sum(~called)),
-                   auroc=float(roc_auc_score(truth, probabilities[:, k])) if 0 < truth.sum() < len(truth) else None)
-    return out
-
-
 def _labels(table, classes: list, role: str) -> np.ndarray:
     if table.multilabel:
         raise DataError(f"{table.source}: {role} is multi-label; estimation needs one class per image")
@@ -182,14 +156,16 @@ def run_estimate(request: EstimateRequest, on_stage=None) -> dict[str, Any]:
         "measured": None,
         "measured_note": "the target carries no labels" if target_y is None else None,
     }
+    labelled = np.zeros(len(target), dtype=bool) if target_y is None else target_y >= 0
     if target_y is not None:
-        labelled = target_y >= 0
         if labelled.sum() == 0:
             result["measured_note"] = "the target carries no labels"
         else:
-            result["measured"] = measured_metrics(tgt.probabilities[labelled], target_y[labelled], classes, positive)
+            result["measured"] = measured_metrics(tgt.probabilities[labelled], target_y[labelled], classes, positive,
+                                                  request.level)
             if labelled.sum() < len(target_y):
                 result["measured_note"] = f"measured on the {int(labelled.sum())} labelled target images"
+    result["labelling_plan"] = labelling_plan(result, len(target), int(labelled.sum()))
     result["settings"] = {"arch": adapted.arch, "weights": adapted.weights, "device": str(device),
                           "bootstrap": request.bootstrap, "level": request.level, "prior": request.prior,
                           "seed": request.seed, "seconds": round(time.perf_counter() - started, 2),

@@ -36,6 +36,28 @@ def _number(value: float) -> str:
     return f"{round(value, 3) + 0.0:.3f}"
 
 
+def _measured(value: float | None, interval: list | None) -> str | None:
+    """A measured share with its exact interval, "0.580 [0.509, 0.649]" (None when not measured)."""
+    if value is None:
+        return None
+    return _number(value) + (f" [{_number(interval[0])}, {_number(interval[1])}]" if interval else "")
+
+
+def labelling_advice(result: dict) -> str | None:
+    """"To measure the accuracy within ±0.05 (95 %), label about 385 randomly chosen target images ...", or None
+    when enough (or all) are labelled already: the measured interval then says how precise it is."""
+    plan = result.get("labelling_plan")
+    if not plan or plan["labelled"] >= min(plan["images"], plan["target_images"]):
+        return None
+    text = (f"To measure the accuracy within ±{plan['half_width']:.2f} ({plan['level']:.0%}), label about "
+            f"{plan['images']} randomly chosen target images")
+    if plan["images"] > plan["target_images"]:
+        text += f": more than the target's {plan['target_images']}, so label all of them"
+    if plan["labelled"]:
+        text += f"; {plan['labelled']} are labelled so far"
+    return text + ". Labelled target images are measured beside the estimates, with an exact interval."
+
+
 def _label(row: dict) -> str:
     return row["metric"] + (f" [{row['class']}]" if row["class"] is not None else "")
 
@@ -68,8 +90,12 @@ def headline(result: dict) -> str:
                  + (f"; {capped})" if capped else ")"))
     elif capped:
         text += f" ({capped})"
-    if result["measured"]:
-        text += f"; measured with the target's labels: {result['measured']['accuracy']:.3f}"
+    measured = result["measured"]
+    if measured:
+        interval = measured.get("intervals", {}).get("accuracy")
+        text += f"; measured with the target's labels: {_measured(measured['accuracy'], interval)}"
+        if interval:
+            text += f" ({measured['n']} images, exact {measured['level']:.0%} interval)"
     return text
 
 
@@ -88,7 +114,12 @@ def accuracy_png(result: dict) -> bytes:
                     ecolor=colour, capsize=3)
     ax.scatter(values, y, color=colours, zorder=3)
     if result["measured"]:
-        ax.axvline(result["measured"]["accuracy"], color="#2ca02c", ls="--", label="measured with target labels")
+        measured = result["measured"]
+        ax.axvline(measured["accuracy"], color="#2ca02c", ls="--", label="measured with target labels")
+        interval = measured.get("intervals", {}).get("accuracy")
+        if interval:
+            ax.axvspan(*interval, color="#2ca02c", alpha=0.12, lw=0,
+                       label=f"its exact {measured['level']:.0%} interval ({measured['n']} images)")
         ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [r["method"] for r in rows])
     ax.invert_yaxis()
@@ -109,6 +140,9 @@ def accuracy_png(result: dict) -> bytes:
 def html(result: dict) -> str:
     page = Page(f"Performance at the target without its labels: {result['target']}")
     page.paragraph(headline(result))
+    advice = labelling_advice(result)
+    if advice:
+        page.paragraph(advice, "note")
     raised = [f for f in result["flags"] if f["status"] == "raised"]
     page.heading("Flags" + (f" ({len(raised)} raised)" if raised else ""))
     page.table(["flag", "status", "what it means here"],
@@ -119,13 +153,17 @@ def html(result: dict) -> str:
     page.heading("Every estimate")
     rows = []
     for r in result["estimates"]:
-        truth = measured.get(r["metric"]) if r["class"] in (None, result["positive_class"]) else None
-        if truth is None and r["class"] is not None:
-            truth = measured.get("per_class", {}).get(str(r["class"]), {}).get(r["metric"])
-        rows.append([r["method"], _label(r), _span(r), rounded(truth)])  # as many decimals as the estimates
-    page.table(["method", "metric", "estimate [interval]", "measured (target labels)"], rows)
-    if result["measured_note"]:
-        page.paragraph(result["measured_note"], "note")
+        source = measured if r["class"] in (None, result["positive_class"]) else {}
+        if source.get(r["metric"]) is None and r["class"] is not None:
+            source = measured.get("per_class", {}).get(str(r["class"]), {})
+        truth = _measured(source.get(r["metric"]), source.get("intervals", {}).get(r["metric"]))
+        rows.append([r["method"], _label(r), _span(r), truth])
+    page.table(["method", "metric", "estimate [interval]", "measured (target labels) [interval]"], rows)
+    notes = [result["measured_note"]] if result["measured_note"] else []
+    if measured:
+        notes.append(f"measured intervals: {measured['interval_method']}; the AUROC has none")
+    if notes:
+        page.paragraph("; ".join(notes), "note")
     page.heading("What each method assumes")
     page.table(["method", "assumes", "fails when"],
                [[name, info["assumes"], info["fails_when"]] for name, info in result["methods"].items()])
@@ -162,6 +200,9 @@ def print_summary(result: dict, console: Console) -> None:
             table.add_row(escape(name), _span(r), escape(result["methods"][r["method"]]["title"]))
     console.print(table)
     console.print(headline(result), markup=False)
+    advice = labelling_advice(result)
+    if advice:
+        console.print(advice, markup=False)
     for flag in result["flags"]:
         if flag["status"] == "raised":
             console.print(f"flag {flag['code']}: {flag['message']}", markup=False, style="bold red")

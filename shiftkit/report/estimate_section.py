@@ -20,7 +20,8 @@ CAVEAT = ("The source images must not have been used to train the checkpoint: it
 
 def _measure(ctx: SectionContext) -> dict | None:
     from shiftkit.estimate import embedding_inputs, estimate_performance
-    from shiftkit.estimate.command import DEFAULT_METHOD, measured_metrics, target_prior_option
+    from shiftkit.estimate.command import DEFAULT_METHOD, target_prior_option
+    from shiftkit.estimate.measured import labelling_plan, measured_metrics
 
     data = ctx.data
     source = data.source_table
@@ -45,15 +46,20 @@ def _measure(ctx: SectionContext) -> dict | None:
     measured = None
     if labelled and not target.multilabel:
         labels = np.array([classes.index(target.records[i].labels[0]) for i in labelled])
-        measured = measured_metrics(data.target.probabilities[labelled], labels, classes, positive)
-    return {**estimate, "default_method": DEFAULT_METHOD, "measured": measured, "caveat": CAVEAT,
-            "measured_note": None if measured is None else f"measured on {len(labelled)} labelled target images"}
+        measured = measured_metrics(data.target.probabilities[labelled], labels, classes, positive,
+                                    estimate["level"])
+    content = {**estimate, "default_method": DEFAULT_METHOD, "measured": measured, "caveat": CAVEAT,
+               "measured_note": None if measured is None else f"measured on {len(labelled)} labelled target images"}
+    return {**content, "labelling_plan": labelling_plan(content, len(target), 0 if measured is None else len(labelled))}
 
 
 def _html(page, content: dict, ctx: SectionContext) -> None:
-    from shiftkit.report.estimate import accuracy_png, headline, known_prior_given
+    from shiftkit.report.estimate import accuracy_png, headline, known_prior_given, labelling_advice
 
     page.paragraph(headline(content))
+    advice = labelling_advice(content)
+    if advice:
+        page.paragraph(advice, "note")
     if known_prior_given(content):
         shares = ", ".join(f"{c} {q:.3f}" for c, q in content["target_prior"]["target"].items())
         page.paragraph(f"computed at the target prevalence given with --target-prevalence: {shares}", "note")
