@@ -42,8 +42,9 @@ AT_SRC = " at SRC prevalence"
 KNOWN_PREVALENCE = "ac_dc_known_prevalence"
 """The default method told the target's true class shares (``--prior CLASS=P,...``): not label-free, a column apart."""
 EM_PREVALENCE = "ac_dc_em_prevalence"
-"""The default method handed EM-BCTS's estimated target prior as if it were known: label-free, but not a method
-shiftkit offers. It answers "would the estimated prior close the gap to the known one?" (a column apart)."""
+"""The default method handed EM-BCTS's estimated target prior as if it were known (posteriors moved to it, its chance
+level, the prediction-rate cap always on): label-free, but not a method shiftkit offers. It answers "would the
+estimated prior close the gap to the known one?" (a column apart)."""
 
 
 sys.path.insert(0, str(Path(__file__).parent))

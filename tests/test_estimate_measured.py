@@ -38,6 +38,8 @@ def test_measured_metrics_carry_the_interval_of_each_proportion():
     assert m["per_class"]["benign"]["intervals"]["sensitivity"] == pytest.approx(proportion_interval(15, 20, 0.95))
     assert "auroc" not in m["intervals"]
     lo, hi = m["intervals"]["balanced_accuracy"]
+    perfect = measured_metrics(np.eye(2)[labels], labels, ["benign", "malignant"], "malignant")
+    assert perfect["balanced_accuracy"] == 1.0 and perfect["intervals"]["balanced_accuracy"][1] == 1.0
     assert m["balanced_accuracy"] == pytest.approx((18 / 20 + 15 / 20) / 2) and lo < m["balanced_accuracy"] < hi
     narrower = measured_metrics(probabilities, labels, ["benign", "malignant"], "malignant", level=0.8)
     assert np.diff(narrower["intervals"]["accuracy"]) < np.diff(m["intervals"]["accuracy"])
@@ -79,15 +81,20 @@ def test_the_balanced_accuracy_interval_is_the_beta_posterior_s_and_covers_at_th
 
 
 def test_the_labels_planned_measure_the_accuracy_within_the_half_width():
-    """385 labels for ±0.05 at 95 % when 0.5 is possible (the textbook figure), fewer when the estimate says the
-    accuracy is far from 0.5; that many random labels then give exact intervals about ±0.05 wide."""
-    assert labels_to_measure((0.2, 0.9), 0.95) == 385
-    assert labels_to_measure((0.8, 0.9), 0.95) == 246  # p = 0.8, the value nearest 0.5
-    assert labels_to_measure((0.1, 0.3), 0.95) == 323  # p = 0.3
+    """Planned with the exact interval: 402 labels for ±0.05 at 95 % when 0.5 is possible (the normal
+    approximation's 385, plus what the exact interval adds), fewer when the estimate says the accuracy is far from
+    0.5, and not 1 when it says 1.0 (the normal formula's answer there). That many random labels then give exact
+    intervals about ±0.05 wide."""
+    assert labels_to_measure((0.2, 0.9), 0.95) == 402
+    assert labels_to_measure((0.8, 0.9), 0.95) == 265  # p = 0.8, the value nearest 0.5
+    assert labels_to_measure((0.1, 0.3), 0.95) == 341  # p = 0.3
+    n = labels_to_measure((1.0, 1.0), 0.95)
+    assert n == 36 and proportion_interval(n, n, 0.95)[0] >= 0.9 > proportion_interval(n - 1, n - 1, 0.95)[0]
+    assert labels_to_measure((0.2, 0.9), 0.8) < 402
     n = labels_to_measure((0.75, 0.85), 0.95)
     rng = np.random.default_rng(1)
     halves = [np.diff(proportion_interval(int(rng.binomial(n, 0.75)), n, 0.95))[0] / 2 for _ in range(200)]
-    assert 0.045 <= np.mean(halves) <= 0.055
+    assert 0.045 <= np.mean(halves) <= 0.052
 
 
 def _result(interval, n_target, labelled, measured=None):
@@ -99,10 +106,12 @@ def _result(interval, n_target, labelled, measured=None):
 
 def test_the_reports_say_how_many_to_label_and_show_the_measured_interval():
     advice = labelling_advice(_result([0.45, 0.85], 1000, 0))
-    assert advice.startswith("To measure the accuracy within ±0.05 (95%), label about 385 randomly chosen")
-    assert "label all of them" in labelling_advice(_result([0.55, 0.85], 120, 30))
+    assert advice.startswith("To measure the accuracy within ±0.05 (95%), label about 402 randomly chosen")
+    assert "more than the 120 target images analysed, so label all of them" in labelling_advice(
+        _result([0.55, 0.85], 120, 30))
     assert "30 are labelled so far" in labelling_advice(_result([0.55, 0.85], 120, 30))
     assert labelling_advice(_result([0.55, 0.85], 120, 120)) is None  # all labelled: the interval speaks
+    assert _result([None, None], 1000, 0)["labelling_plan"]["images"] == 402  # no interval: anything is possible
     labels = np.r_[np.ones(15, int), np.zeros(15, int)]
     probabilities = np.eye(2)[np.r_[np.ones(12, int), np.zeros(18, int)]]
     measured = measured_metrics(probabilities, labels, ["a", "b"], "b")

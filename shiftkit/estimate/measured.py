@@ -10,11 +10,10 @@ series, not the hard cases a reader picked).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest, norm
+from scipy.stats import beta, binomtest
 
 __all__ = ["INTERVAL_METHOD", "balanced_accuracy_interval", "labelling_plan", "labels_to_measure", "measured_metrics",
            "proportion_interval"]
@@ -46,7 +45,10 @@ def balanced_accuracy_interval(hits: np.ndarray, counts: np.ndarray, level: floa
     rng = np.random.default_rng(seed)
     means = rng.beta(hits + 1.0, counts - hits + 1.0, size=(draws, len(counts))).mean(axis=1)
     tail = (1.0 - level) / 2
-    return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]
+    point = float(np.mean(hits / counts))
+    # the uniform prior pulls the posterior away from 0 and 1: every class right gives a posterior interval ending
+    # below the measured 1.0, so the interval is widened to its point (exact intervals end at 0 or 1 there too)
+    return [min(float(np.quantile(means, tail)), point), max(float(np.quantile(means, 1.0 - tail)), point)]
 
 
 def _share(successes: int, trials: int, level: float) -> tuple[float | None, list[float] | None]:
@@ -91,15 +93,22 @@ def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: lis
     return out
 
 
-def labels_to_measure(interval: Any, level: float, half_width: float = HALF_WIDTH) -> int:
-    """How many randomly chosen target images to label so that their measured accuracy is within ±``half_width``
-    at ``level``: the usual planning size ``z² p (1 - p) / half_width²`` (Cochran 1977), with ``p`` the value in
-    the estimate's ``interval`` nearest 0.5, the one that needs the most (385 for ±0.05 at 95 % when 0.5 is
-    inside). The exact interval needs a few more for ``p`` near 0 or 1."""
+def labels_to_measure(interval: Any, level: float, half_width: float = HALF_WIDTH, most: int = 20_000) -> int:
+    """How many randomly chosen target images to label so that the exact ``level`` interval of their measured
+    accuracy is at most ±``half_width`` wide, when the accuracy is ``p``: the value in the estimate's ``interval``
+    nearest 0.5, the one that needs the most. Planned with the exact interval the report then shows, since the
+    usual ``z² p (1 - p) / half_width²`` (Cochran 1977; 385 at p = 0.5) asks for too few near 0 or 1 (1 image at
+    p = 1). Capped at ``most``."""
     lo, hi = interval
     p = min(max(0.5, lo), hi)
-    z = norm.ppf(0.5 + level / 2)
-    return max(1, math.ceil(z * z * p * (1.0 - p) / half_width ** 2))
+    n = np.arange(1, most + 1)
+    k = np.round(p * n)
+    tail = (1.0 - level) / 2
+    with np.errstate(invalid="ignore"):
+        lower = np.where(k > 0, beta.ppf(tail, k, n - k + 1), 0.0)
+        upper = np.where(k < n, beta.ppf(1.0 - tail, k + 1, n - k), 1.0)
+    enough = np.flatnonzero((upper - lower) / 2 <= half_width)
+    return int(n[enough[0]]) if len(enough) else most
 
 
 def labelling_plan(result: dict[str, Any], n_target: int, n_labelled: int) -> dict[str, Any]:
@@ -108,6 +117,8 @@ def labelling_plan(result: dict[str, Any], n_target: int, n_labelled: int) -> di
     ([0, 1] when it has none), beside the target's size and how many are labelled."""
     interval = next((r["interval"] for r in result["estimates"]
                      if r["method"] == result["default_method"] and r["metric"] == "accuracy"), None)
-    images = labels_to_measure(interval or (0.0, 1.0), result["level"])
+    if not interval or None in interval:  # a bootstrap with no finite replicate has no interval
+        interval = (0.0, 1.0)
+    images = labels_to_measure(interval, result["level"])
     return {"half_width": HALF_WIDTH, "level": result["level"], "images": images, "target_images": int(n_target),
             "labelled": int(n_labelled)}

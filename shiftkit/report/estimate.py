@@ -44,7 +44,7 @@ def _measured(value: float | None, interval: list | None) -> str | None:
 
 
 def labelling_advice(result: dict) -> str | None:
-    """"To measure the accuracy within ±0.05 (95 %), label about 385 randomly chosen target images ...", or None
+    """"To measure the accuracy within ±0.05 (95 %), label about 402 randomly chosen target images ...", or None
     when enough (or all) are labelled already: the measured interval then says how precise it is."""
     plan = result.get("labelling_plan")
     if not plan or plan["labelled"] >= min(plan["images"], plan["target_images"]):
@@ -52,7 +52,7 @@ def labelling_advice(result: dict) -> str | None:
     text = (f"To measure the accuracy within ±{plan['half_width']:.2f} ({plan['level']:.0%}), label about "
             f"{plan['images']} randomly chosen target images")
     if plan["images"] > plan["target_images"]:
-        text += f": more than the target's {plan['target_images']}, so label all of them"
+        text += f": more than the {plan['target_images']} target images analysed, so label all of them"
     if plan["labelled"]:
         text += f"; {plan['labelled']} are labelled so far"
     return text + ". Labelled target images are measured beside the estimates, with an exact interval."
@@ -161,7 +161,8 @@ def html(result: dict) -> str:
     page.table(["method", "metric", "estimate [interval]", "measured (target labels) [interval]"], rows)
     notes = [result["measured_note"]] if result["measured_note"] else []
     if measured:
-        notes.append(f"measured intervals: {measured['interval_method']}; the AUROC has none")
+        notes.append(f"measured intervals: {measured['interval_method']}"
+                     + ("; the AUROC has none" if "auroc" in measured else ""))
     if notes:
         page.paragraph("; ".join(notes), "note")
     page.heading("What each method assumes")
