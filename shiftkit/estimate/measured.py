@@ -5,7 +5,8 @@ A measured accuracy is a proportion of the labelled images, and those are a samp
 20 images is anything from 0.56 to 0.94. Its interval is the exact binomial (Clopper-Pearson) one, taken from
 ``scipy.stats.binomtest``; it holds at any sample size, where the normal approximation fails for small samples and
 shares near 0 or 1. It assumes the labelled images are a random sample of the target (a consecutive or random
-series, not the hard cases a reader picked).
+series, not the hard cases a reader picked). The balanced accuracy and the AUROC, not proportions, get a posterior
+and a stratified bootstrap interval (:func:`balanced_accuracy_interval`, :func:`auroc_interval`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, binomtest
 
-__all__ = ["INTERVAL_METHOD", "balanced_accuracy_interval", "labelling_plan", "labels_to_measure", "measured_metrics",
-           "proportion_interval"]
+__all__ = ["INTERVAL_METHOD", "auroc_interval", "balanced_accuracy_interval", "labelling_plan", "labels_to_measure",
+           "measured_metrics", "proportion_interval"]
 
 INTERVAL_METHOD = ("exact binomial (Clopper-Pearson; balanced accuracy: the posterior of the mean of the classes' "
-                   "sensitivities, Brodersen et al. 2010), the labelled images taken as a random sample of the target")
+                   "sensitivities, Brodersen et al. 2010; AUROC: percentile bootstrap within each class), the labelled "
+                   "images taken as a random sample of the target")
 HALF_WIDTH = 0.05
 """The precision :func:`labels_to_measure` plans for: the accuracy within ±0.05."""
 
@@ -51,6 +53,28 @@ def balanced_accuracy_interval(hits: np.ndarray, counts: np.ndarray, level: floa
     return [min(float(np.quantile(means, tail)), point), max(float(np.quantile(means, 1.0 - tail)), point)]
 
 
+def auroc_interval(scores: np.ndarray, truth: np.ndarray, level: float, replicates: int = 2000,
+                   seed: int = 0) -> list[float] | None:
+    """The ``level`` interval of a measured AUROC: percentile bootstrap with the positives and negatives resampled
+    among themselves (pROC's ``ci.auc`` default, stratified), so every replicate has both classes. Replicates are
+    row counts in batches (:func:`~shiftkit.estimate.bootstrap.resample_counts`), the AUROC of each from one sort
+    (:func:`~shiftkit.estimate.metrics.weighted_auroc`). None without both classes."""
+    from shiftkit.estimate.bootstrap import percentile_interval, resample_counts
+    from shiftkit.estimate.metrics import weighted_auroc
+
+    truth = np.asarray(truth, dtype=bool)
+    if truth.all() or not truth.any():
+        return None
+    rng = np.random.default_rng(seed)
+    batch = max(1, 4_000_000 // len(truth))
+    values = []
+    for start in range(0, replicates, batch):
+        counts = resample_counts(rng, len(truth), min(batch, replicates - start), truth.astype(np.int64))
+        values.append(weighted_auroc(scores, counts * truth, counts * ~truth))
+    lo, hi = percentile_interval(np.concatenate(values), level)
+    return [float(lo), float(hi)]
+
+
 def _share(successes: int, trials: int, level: float) -> tuple[float | None, list[float] | None]:
     return (float(successes / trials) if trials else None), proportion_interval(successes, trials, level)
 
@@ -61,7 +85,8 @@ def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: lis
     per-class sensitivity; not ``finetune``'s macro accuracy, the paper's mean one-vs-rest accuracy), per-class
     sensitivity and specificity (``per_class``), and for a binary task the positive class's sensitivity,
     specificity, PPV, NPV and AUROC. Every proportion has its exact ``level`` interval under ``intervals``, the
-    balanced accuracy its posterior interval (:func:`balanced_accuracy_interval`); the AUROC has none."""
+    balanced accuracy its posterior interval (:func:`balanced_accuracy_interval`), the AUROC a stratified bootstrap
+    one (:func:`auroc_interval`)."""
     predicted = probabilities.argmax(axis=1)
     present = [k for k in range(len(classes)) if np.any(labels == k)]
     accuracy, accuracy_interval = _share(int(np.sum(predicted == labels)), len(labels), level)
@@ -89,7 +114,9 @@ def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: lis
                   "ppv": (truth & called, called), "npv": (~truth & ~called, ~called)}
         for name, (hits, among) in shares.items():
             out[name], out["intervals"][name] = _share(int(hits.sum()), int(among.sum()), level)
-        out["auroc"] = float(roc_auc_score(truth, probabilities[:, k])) if 0 < truth.sum() < len(truth) else None
+        both = 0 < truth.sum() < len(truth)
+        out["auroc"] = float(roc_auc_score(truth, probabilities[:, k])) if both else None
+        out["intervals"]["auroc"] = auroc_interval(probabilities[:, k], truth, level) if both else None
     return out
 
 

@@ -161,8 +161,7 @@ def html(result: dict) -> str:
     page.table(["method", "metric", "estimate [interval]", "measured (target labels) [interval]"], rows)
     notes = [result["measured_note"]] if result["measured_note"] else []
     if measured:
-        notes.append(f"measured intervals: {measured['interval_method']}"
-                     + ("; the AUROC has none" if "auroc" in measured else ""))
+        notes.append(f"measured intervals: {measured['interval_method']}")
     if notes:
         page.paragraph("; ".join(notes), "note")
     page.heading("What each method assumes")
