@@ -112,8 +112,8 @@ def measured_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: lis
         truth, called = labels == k, predicted == k
         shares = {"sensitivity": (truth & called, truth), "specificity": (~truth & ~called, ~truth),
                   "ppv": (truth & called, called), "npv": (~truth & ~called, ~called)}
-        for name, (hits, among) in shares.items():
-            out[name], out["intervals"][name] = _share(int(hits.sum()), int(among.sum()), level)
+        for name, (right, among) in shares.items():
+            out[name], out["intervals"][name] = _share(int(right.sum()), int(among.sum()), level)
         both = 0 < truth.sum() < len(truth)
         out["auroc"] = float(roc_auc_score(truth, probabilities[:, k])) if both else None
         out["intervals"]["auroc"] = auroc_interval(probabilities[:, k], truth, level) if both else None

@@ -37,7 +37,7 @@ def _number(value: float) -> str:
 
 
 def _measured(value: float | None, interval: list | None) -> str | None:
-    """A measured share with its exact interval, "0.580 [0.509, 0.649]" (None when not measured)."""
+    """A measured metric with its interval, "0.580 [0.509, 0.649]" (None when not measured)."""
     if value is None:
         return None
     return _number(value) + (f" [{_number(interval[0])}, {_number(interval[1])}]" if interval else "")
