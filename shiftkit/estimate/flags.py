@@ -146,9 +146,11 @@ def label_shift_flag(source_prior: Any, target_prior: Any | None, *, classes: An
         raised = tv >= min_total_variation
         values.update(decided_by=f"total variation >= {min_total_variation} (no uncertainty available)")
     if raised and known:
+        from shiftkit.estimate.estimators import KNOWN, METHODS
+
+        using = ", ".join(name for name, info in METHODS.items() if info.corrects_to(KNOWN))
         message = (f"label shift: the given target prevalence differs from the source (total variation {tv:.2f}); "
-                   f"the methods that use it (ac, ac_dc, cm_atc) are computed at it; PPV/NPV not computed at it "
-                   f"are withheld")
+                   f"the methods that use it ({using}) are computed at it; PPV/NPV not computed at it are withheld")
     elif raised:
         message = (f"label shift: estimated target prevalence differs from the source (total variation {tv:.2f}); "
                    f"PPV/NPV are computed at the estimated target prevalence or withheld")

@@ -125,7 +125,8 @@ def labels_to_measure(interval: Any, level: float, half_width: float = HALF_WIDT
     accuracy is at most ±``half_width`` wide, when the accuracy is ``p``: the value in the estimate's ``interval``
     nearest 0.5, the one that needs the most. Planned with the exact interval the report then shows, since the
     usual ``z² p (1 - p) / half_width²`` (Cochran 1977; 385 at p = 0.5) asks for too few near 0 or 1 (1 image at
-    p = 1). Capped at ``most``."""
+    p = 1). Capped at ``most``. The bounds are the Clopper-Pearson ones written as Beta quantiles, the form
+    ``binomtest`` evaluates one sample size at a time, here for every size at once."""
     lo, hi = interval
     p = min(max(0.5, lo), hi)
     n = np.arange(1, most + 1)

@@ -23,24 +23,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _with_interval(value: float | None, interval: list | tuple | None) -> str | None:
+    """"0.580 [0.509, 0.649]", an estimate or a measured value with its interval; "[no interval]" says when it has
+    none; None when there is no value."""
+    if value is None:
+        return None
+    lo, hi = interval or (None, None)
+    shown = f" [{_number(lo)}, {_number(hi)}]" if lo is not None and hi is not None else " [no interval]"
+    return f"{_number(value)}{shown}"
+
+
 def _span(row: dict) -> str:
     if row["estimate"] is None:
         return f"withheld: {row['withheld']}"
-    lo, hi = row["interval"] or (None, None)
-    interval = f" [{_number(lo)}, {_number(hi)}]" if lo is not None and hi is not None else " [no interval]"
-    return f"{_number(row['estimate'])}{interval}"
+    return _with_interval(row["estimate"], row["interval"])
 
 
 def _number(value: float) -> str:
     """Three decimals; -1e-17 and -0.0 print as 0.000, not -0.000."""
     return f"{round(value, 3) + 0.0:.3f}"
-
-
-def _measured(value: float | None, interval: list | None) -> str | None:
-    """A measured metric with its interval, "0.580 [0.509, 0.649]" (None when not measured)."""
-    if value is None:
-        return None
-    return _number(value) + (f" [{_number(interval[0])}, {_number(interval[1])}]" if interval else "")
 
 
 def labelling_advice(result: dict) -> str | None:
@@ -93,7 +94,7 @@ def headline(result: dict) -> str:
     measured = result["measured"]
     if measured:
         interval = measured.get("intervals", {}).get("accuracy")
-        text += f"; measured with the target's labels: {_measured(measured['accuracy'], interval)}"
+        text += f"; measured with the target's labels: {_with_interval(measured['accuracy'], interval)}"
         if interval:
             text += f" ({measured['n']} images, exact {measured['level']:.0%} interval)"
     return text
@@ -156,7 +157,7 @@ def html(result: dict) -> str:
         source = measured if r["class"] in (None, result["positive_class"]) else {}
         if source.get(r["metric"]) is None and r["class"] is not None:
             source = measured.get("per_class", {}).get(str(r["class"]), {})
-        truth = _measured(source.get(r["metric"]), source.get("intervals", {}).get(r["metric"]))
+        truth = _with_interval(source.get(r["metric"]), source.get("intervals", {}).get(r["metric"]))
         rows.append([r["method"], _label(r), _span(r), truth])
     page.table(["method", "metric", "estimate [interval]", "measured (target labels) [interval]"], rows)
     notes = [result["measured_note"]] if result["measured_note"] else []
